@@ -1,0 +1,70 @@
+"""HDF5 frame files: validated reading and all-or-nothing writing.
+
+The authors' format is one HDF5 file per split with 3-D datasets of grayscale frames
+(`highway_L`, and `highway_R` for stereo), uint8 or float in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from dfn.errors import InputError
+
+
+def write_h5_atomic(path: str | Path, arrays: dict[str, np.ndarray], **attrs) -> Path:
+    """Write ``arrays`` as datasets of one HDF5 file; the file appears only once complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name, array in arrays.items():
+                f.create_dataset(name, data=array)
+            f.attrs.update(attrs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_frames(path: str | Path, dataset: str, min_frames: int = 1) -> np.ndarray:
+    """Read a [N, H, W] frame dataset as float32 in [0, 1], or raise one clear InputError."""
+    path = Path(path)
+    expected = f"an HDF5 file with a 3-D dataset '{dataset}' of at least {min_frames} frames"
+    if not path.is_file():
+        raise InputError(f"data file not found: {path} (expected {expected})")
+    try:
+        with h5py.File(path, "r") as f:
+            if dataset not in f:
+                raise InputError(
+                    f"{path} has no dataset '{dataset}' (found {sorted(f.keys())}; expected {expected})"
+                )
+            data = f[dataset]
+            if data.ndim != 3:
+                raise InputError(
+                    f"{path}:{dataset} has shape {data.shape}; expected [frames, height, width]"
+                )
+            if data.shape[0] < min_frames:
+                raise InputError(
+                    f"{path}:{dataset} has {data.shape[0]} frames; expected at least {min_frames}"
+                )
+            if data.dtype != np.uint8 and data.dtype.kind != "f":
+                raise InputError(
+                    f"{path}:{dataset} has dtype {data.dtype}; expected uint8 or float in [0, 1]"
+                )
+            frames = data[()]
+    except OSError as e:
+        raise InputError(f"cannot read {path}: corrupt or truncated HDF5 file ({e})") from e
+    if frames.dtype == np.uint8:
+        return frames.astype(np.float32) / 255.0
+    frames = frames.astype(np.float32)
+    if not np.isfinite(frames).all() or frames.min() < 0.0 or frames.max() > 1.0:
+        raise InputError(
+            f"{path}:{dataset} holds float values in [{np.nanmin(frames):.3g}, "
+            f"{np.nanmax(frames):.3g}]; expected finite values in [0, 1]"
+        )
+    return frames
