@@ -13,8 +13,8 @@ grid (nearest surface wins, NaN where occluded or unknown), so ``right(x)`` matc
 disparity on the same blocks), and the left view is shifted by a constant ``offset`` pixels,
 ``left'(x) = left(x + offset)``, as a converged rig would see it; the ground truth, in the
 filter's convention, is ``d / scale - offset``. With the default scale 5 and offset 7 the scene
-is 100x141 and every known offset lies in [-5.6, 5.0], inside the filter's reach of +-6
-(``disparity_stats`` measures it; at scale 6 with offset 6 the range is [-4.8, 4.0], but the
+is 100x141 and every known offset lies in [-5.5, 5.0], inside the filter's reach of +-6
+(``disparity_stats`` measures it; at scale 6 with offset 6 it is [-4.7, 4.0], but the
 scene, 83x117, is then too small for two disjoint 64-px splits).
 
 Split. One scene gives few independent 64x64 crops, and only 100 rows: two disjoint 64-row
