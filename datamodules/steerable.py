@@ -1,0 +1,96 @@
+"""Random crops of the natural images scikit-image ships, with a random angle and the image
+filtered by that angle's steerable filter (paper section 4.1). Train, validation and test crops
+come from disjoint source images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import skimage.data
+import torch
+from lightning import LightningDataModule
+from skimage.color import rgb2gray
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.stream import StreamSampler, sample_rng
+from dfn.steerable import steer
+
+SPLITS = {
+    "train": ("astronaut", "brick", "chelsea", "coffee", "grass", "gravel", "hubble_deep_field",
+              "immunohistochemistry", "retina", "cell", "page", "text"),
+    "val": ("moon",),
+    "test": ("camera", "coins", "rocket"),
+}
+
+
+def load_images(names: tuple[str, ...]) -> list[np.ndarray]:
+    """Grayscale float32 images in [0, 1]."""
+    images = []
+    for name in names:
+        image = getattr(skimage.data, name)()
+        image = rgb2gray(image[..., :3]) if image.ndim == 3 else image / 255.0
+        images.append(np.ascontiguousarray(image, dtype=np.float32))
+    return images
+
+
+def random_crop(images: list[np.ndarray], rng: np.random.Generator, size: int) -> np.ndarray:
+    image = images[rng.integers(len(images))]
+    y = rng.integers(image.shape[0] - size + 1)
+    x = rng.integers(image.shape[1] - size + 1)
+    return image[y : y + size, x : x + size]
+
+
+class SteerableCrops(Dataset):
+    """Sample i: a crop and an angle drawn from ``sample_rng(seed, i)``, and its target."""
+
+    def __init__(self, images, seed: int, size: int, length: int | None = None,
+                 kernel_size: int = 9, sigma: float = 1.0) -> None:
+        self.images, self.seed, self.size, self.length = images, seed, size, length
+        self.kernel_size, self.sigma = kernel_size, sigma
+
+    def __len__(self) -> int:
+        return self.length if self.length is not None else 2**62
+
+    def __getitem__(self, index: int):
+        rng = sample_rng(self.seed, index)
+        crop = torch.from_numpy(random_crop(self.images, rng, self.size).copy())[None]
+        theta = torch.tensor(rng.uniform(0.0, 2 * math.pi), dtype=torch.float32)
+        target = steer(crop[None], theta[None], self.kernel_size, self.sigma)[0]
+        return crop, theta, target
+
+
+class SteerableDataModule(LightningDataModule):
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 steps_per_epoch: int = 1000, crop_size: int = 64, val_size: int = 512,
+                 test_size: int = 2048, kernel_size: int = 9, sigma: float = 1.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        args = dict(size=hp.crop_size, kernel_size=hp.kernel_size, sigma=hp.sigma)
+        # Fixed seeds, independent of the training seed, keep the evaluation sets fixed.
+        self.train_set = SteerableCrops(load_images(SPLITS["train"]), hp.seed, **args)
+        self.val_set = SteerableCrops(load_images(SPLITS["val"]), 1, length=hp.val_size, **args)
+        self.test_set = SteerableCrops(load_images(SPLITS["test"]), 2, length=hp.test_size, **args)
+
+    def _loader(self, dataset, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+                          num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = StreamSampler(
+            self.hparams.steps_per_epoch * self.hparams.batch_size,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+        return self._loader(self.train_set, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)

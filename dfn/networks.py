@@ -1,0 +1,155 @@
+"""Filter-generating networks, built from a compact spec (paper sections 4.1-4.3).
+
+A convolutional generator is a list of layers per stage: an int is a 3x3 conv of that width,
+"Ns2" a stride-2 conv, "Nu" a conv with untied biases (one bias per channel and pixel), "up" a
+nearest x2 upsampling. Every conv is followed by leaky ReLU (slope 0.01); the last 1x1 conv of the
+head is linear. With a ``recurrent`` stage the hidden state (zeros at the start) goes through its
+convs and is ADDED to the encoder's output; the sum is the new hidden state (the authors' code).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from dfn.errors import InputError
+
+Layer = int | str
+
+
+def he_uniform_(module: nn.Module) -> None:
+    """The authors' init: weights U(-sqrt(3/fan_in), +sqrt(3/fan_in)) (He-uniform, gain 1), zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            fan_in = m.weight[0].numel()
+            bound = math.sqrt(3.0 / fan_in)
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, UntiedBiasConv):
+            nn.init.zeros_(m.bias)
+
+
+class UntiedBiasConv(nn.Module):
+    """A 3x3 conv whose bias is not shared over positions: one value per channel and pixel."""
+
+    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(out_channels, *size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) + self.bias
+
+
+def _parse(layer: Layer) -> tuple[str, int]:
+    if layer == "up":
+        return "up", 0
+    text = str(layer)
+    for suffix, kind in (("s2", "stride2"), ("u", "untied")):
+        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
+            return kind, int(text[: -len(suffix)])
+    if text.isdigit():
+        return "conv", int(text)
+    raise InputError(f"unknown generator layer {layer!r}; expected an int, 'Ns2', 'Nu' or 'up'")
+
+
+def conv_stack(
+    layers: list[Layer], in_channels: int, size: tuple[int, int]
+) -> tuple[nn.Sequential, int, tuple[int, int]]:
+    """Build a stage; returns it, its output width and its output spatial size."""
+    modules: list[nn.Module] = []
+    channels, (h, w) = in_channels, size
+    for layer in layers:
+        kind, width = _parse(layer)
+        if kind == "up":
+            modules.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            h, w = 2 * h, 2 * w
+            continue
+        if kind == "stride2":
+            modules.append(nn.Conv2d(channels, width, 3, stride=2, padding=1))
+            h, w = (h + 1) // 2, (w + 1) // 2
+        elif kind == "untied":
+            modules.append(UntiedBiasConv(channels, width, (h, w)))
+        else:
+            modules.append(nn.Conv2d(channels, width, 3, padding=1))
+        modules.append(nn.LeakyReLU(0.01))
+        channels = width
+    return nn.Sequential(*modules), channels, (h, w)
+
+
+class FilterGenerator(nn.Module):
+    """encoder -> (recurrence) -> decoder -> 1x1 head -> linear 1x1 to ``out_channels``.
+
+    ``forward(x, hidden)`` runs one step and returns ``(generated, hidden)``; ``hidden`` is None
+    for a generator without recurrence.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        image_size: int | tuple[int, int],
+        encoder: list[Layer],
+        decoder: list[Layer],
+        head: list[int] = (),
+        recurrent: list[Layer] = (),
+    ) -> None:
+        super().__init__()
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.encoder, channels, inner = conv_stack(list(encoder), in_channels, size)
+        self.recurrent = None
+        if recurrent:
+            self.recurrent, hidden_channels, _ = conv_stack(list(recurrent), channels, inner)
+            if hidden_channels != channels:
+                raise InputError(
+                    f"the recurrent stage must end with the encoder's width {channels}, "
+                    f"got {hidden_channels}"
+                )
+        self.hidden_shape = (channels, *inner)
+        self.decoder, channels, out_size = conv_stack(list(decoder), channels, inner)
+        if out_size != size:
+            raise InputError(
+                f"the generator maps {size} to {out_size}; the decoder must undo the encoder's strides"
+            )
+        head_layers: list[nn.Module] = []
+        for width in head:
+            head_layers += [nn.Conv2d(channels, width, 1), nn.LeakyReLU(0.01)]
+            channels = width
+        head_layers.append(nn.Conv2d(channels, out_channels, 1))
+        self.head = nn.Sequential(*head_layers)
+        self.out_channels = out_channels
+        he_uniform_(self)
+
+    def initial_hidden(self, x: Tensor) -> Tensor | None:
+        if self.recurrent is None:
+            return None
+        return x.new_zeros(x.shape[0], *self.hidden_shape)
+
+    def forward(self, x: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        features = self.encoder(x)
+        if self.recurrent is not None:
+            if hidden is None:
+                hidden = self.initial_hidden(x)
+            features = features + self.recurrent(hidden)
+            hidden = features
+        return self.head(self.decoder(features)), hidden
+
+
+class MLPFilterGenerator(nn.Module):
+    """Fully connected generator from a conditioning vector (the steerable filter's angle, 4.1)."""
+
+    def __init__(self, in_features: int, hidden: list[int], out_features: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(in_features, width), nn.LeakyReLU(0.01)]
+            in_features = width
+        layers.append(nn.Linear(in_features, out_features))
+        self.net = nn.Sequential(*layers)
+        he_uniform_(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

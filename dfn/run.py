@@ -1,0 +1,115 @@
+"""Shared by train.py and eval.py: build a run from its config, write its metrics, and report
+bad input as one clear line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from numbers import Number
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from dfn.errors import InputError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DFN_ROOT", str(PROJECT_ROOT))  # configs/paths resolves outputs/ from here
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def reporting_user_errors() -> Iterator[None]:
+    """Turn an InputError into one line on stderr and exit code 1 (HYDRA_FULL_ERROR=1: traceback)."""
+    try:
+        yield
+    except InputError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Catch the config mistakes that would otherwise surface as a confusing traceback."""
+    for key in ("model.optimizer.lr",):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, Number) or isinstance(value, bool)):
+            raise InputError(f"{key} must be a number, got {value!r}")
+    batch_size = OmegaConf.select(cfg, "data.batch_size")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """Instantiate in a fixed order: data, model, callbacks, loggers, trainer."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    return datamodule, model, trainer
+
+
+def device_name(trainer: L.Trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x{trainer.world_size}"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+
+
+def write_metrics(output_dir: str | Path, metrics: dict, name: str = "metrics.json") -> Path:
+    """Write ``metrics`` as JSON, all or nothing."""
+    path = Path(output_dir) / name
+    tmp = path.with_name(f".{name}.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def fit_and_test(cfg: DictConfig) -> dict:
+    """Fit, test the best checkpoint, and write metrics.json in the run folder."""
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    datamodule, model, trainer = build(cfg)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {
+        "experiment": cfg.name,
+        "parameters": model.num_parameters,
+        "steps": trainer.global_step,
+        "train_wall_time_s": round(time.perf_counter() - start, 2),
+        "device": device_name(trainer),
+    }
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics["val/loss_best"] = float(checkpoint.best_model_score)
+        metrics["best_checkpoint"] = checkpoint.best_model_path
+    if cfg.get("test"):
+        ckpt = "best" if metrics.get("best_checkpoint") else None
+        metrics.update(scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)[0]))
+    if trainer.is_global_zero:
+        path = write_metrics(output_dir, metrics)
+        log.info("metrics: %s", path)
+        print(f"Run folder: {output_dir}")
+    return metrics

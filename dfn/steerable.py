@@ -1,0 +1,121 @@
+"""Learning steerable filters (paper section 4.1).
+
+A fully connected network maps an angle theta to a 9x9 filter that a dynamic convolution applies
+to the image; the target is the image filtered with the steerable first derivative of a Gaussian,
+cos(theta) Gx + sin(theta) Gy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from dfn.filtering import DynamicConv
+from dfn.networks import MLPFilterGenerator
+from dfn.task import DFNTask
+from dfn.visualize import filter_grid, sequence_grid
+
+
+def gaussian_derivatives(size: int = 9, sigma: float = 1.0) -> Tensor:
+    """The x and y derivatives of a 2-D Gaussian, [2, size, size] (row = y, column = x)."""
+    r = torch.arange(size, dtype=torch.float64) - size // 2
+    y, x = torch.meshgrid(r, r, indexing="ij")
+    g = torch.exp(-(x**2 + y**2) / (2 * sigma**2)) / (2 * math.pi * sigma**2)
+    return torch.stack([-x / sigma**2 * g, -y / sigma**2 * g]).float()
+
+
+def steerable_filter(theta: Tensor, size: int = 9, sigma: float = 1.0) -> Tensor:
+    """cos(theta) Gx + sin(theta) Gy for angles [B] -> filters [B, size, size]."""
+    gx, gy = gaussian_derivatives(size, sigma).to(theta.device)
+    theta = theta.float().view(-1, 1, 1)
+    return torch.cos(theta) * gx + torch.sin(theta) * gy
+
+
+def steer(images: Tensor, theta: Tensor, size: int = 9, sigma: float = 1.0) -> Tensor:
+    """Filter images [B, 1, H, W] with their angle's steerable filter (zero padding).
+
+    Steerability makes this two ordinary convolutions: cos(theta) (Gx * I) + sin(theta) (Gy * I).
+    """
+    basis = F.conv2d(images, gaussian_derivatives(size, sigma).to(images).unsqueeze(1),
+                     padding=size // 2)
+    theta = theta.to(images).view(-1, 1, 1)
+    return (torch.cos(theta) * basis[:, 0] + torch.sin(theta) * basis[:, 1]).unsqueeze(1)
+
+
+class SteerableFilterTask(DFNTask):
+    def __init__(self, generator: MLPFilterGenerator, kernel_size: int = 9, sigma: float = 1.0,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(logger=False, ignore=["generator", "optimizer", "scheduler"])
+        self.generator = generator
+        self.filtering = DynamicConv(kernel_size)
+        self.kernel_size = kernel_size
+        self.sigma = sigma
+        self.test_means = torch.nn.ModuleDict(
+            {k: MeanMetric() for k in ("mse", "target", "target_sq")}
+        )
+
+    def generate_filters(self, theta: Tensor) -> Tensor:
+        """Angles [B] -> generated filters [B, k, k]."""
+        k = self.kernel_size
+        return self.generator(theta.view(-1, 1).float()).view(-1, k, k)
+
+    def forward(self, images: Tensor, theta: Tensor) -> Tensor:
+        return self.filtering(images, self.generate_filters(theta).flatten(1))
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, theta, target = batch
+        loss = F.mse_loss(self(images, theta), target)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, theta, target = batch
+        output = self(images, theta)
+        self.log("val/loss", F.mse_loss(output, target), prog_bar=True, sync_dist=True)
+        if batch_idx == 0:
+            self.log("val/filter_cosine", self.filter_cosine(), sync_dist=True)
+            scale = 0.5 / target[:8].abs().amax()  # show signed responses around grey
+            rows = [images[:8], 0.5 + scale * target[:8], 0.5 + scale * output[:8]]
+            self.log_image("val/input_target_output", sequence_grid(rows))
+            self.log_image("val/filters_learned_vs_analytic", self.figure_4())
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, theta, target = batch
+        err = (self(images, theta) - target).square()
+        self.test_means["mse"].update(err.flatten(1).mean(1))
+        self.test_means["target"].update(target.flatten(1).mean(1))
+        self.test_means["target_sq"].update(target.square().flatten(1).mean(1))
+
+    def on_test_epoch_end(self) -> None:
+        mse, mean, mean_sq = (self.test_means[k].compute() for k in ("mse", "target", "target_sq"))
+        self.log_dict({
+            "test/mse": mse,
+            "test/relative_mse": mse / (mean_sq - mean**2),
+            "test/filter_cosine": self.filter_cosine(),
+        })
+        for metric in self.test_means.values():
+            metric.reset()
+
+    def test_angles(self, n: int = 8) -> Tensor:
+        return torch.arange(n, device=self.device) * (2 * math.pi / n)
+
+    @torch.no_grad()
+    def filter_cosine(self) -> Tensor:
+        """Mean cosine similarity of generated and analytic filters over 8 evenly spaced angles."""
+        theta = self.test_angles()
+        learned = self.generate_filters(theta).flatten(1)
+        analytic = steerable_filter(theta, self.kernel_size, self.sigma).to(learned).flatten(1)
+        return F.cosine_similarity(learned, analytic, dim=1).mean()
+
+    @torch.no_grad()
+    def figure_4(self) -> Tensor:
+        """Learned filters at 0, 45, 90, ... degrees (top row) beside the analytic ones (bottom)."""
+        theta = self.test_angles()
+        learned = self.generate_filters(theta).flatten(1)
+        analytic = steerable_filter(theta.cpu(), self.kernel_size, self.sigma).flatten(1)
+        return filter_grid(torch.cat([learned.cpu(), analytic]), self.kernel_size)

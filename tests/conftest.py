@@ -1,0 +1,63 @@
+"""Compose the real configs, as train.py does, with the run folder under a temporary path."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = [
+    "steerable",
+    "moving_mnist",
+    "moving_mnist_baseline",
+    "highway",
+    "highway_baseline",
+    "stereo",
+    "stereo_baseline",
+]
+# What a smoke run of each experiment needs beyond debug=smoke: small generated data.
+SMOKE_DATA = {
+    "moving_mnist": ["data.val_size=4"],
+    "highway": ["data.num_frames=120"],
+    "stereo": [],
+    "steerable": ["data.val_size=4"],
+}
+
+
+def smoke_overrides(experiment: str) -> list[str]:
+    return ["debug=smoke", *SMOKE_DATA[experiment.removesuffix("_baseline")]]
+
+
+def compose_config(
+    overrides: list[str], tmp_path: Path, data_dir: Path, config_name: str = "train"
+) -> DictConfig:
+    """The config train.py would see, with the run under ``tmp_path`` and cached data shared."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.log_dir = str(tmp_path / "outputs")
+        cfg.paths.data_dir = str(data_dir)
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Generated datasets are cached once per test session, as outputs/data is for users."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def compose_cfg(tmp_path, data_dir):
+    def _compose(overrides: list[str], config_name: str = "train") -> DictConfig:
+        return compose_config(overrides, tmp_path, data_dir, config_name)
+
+    yield _compose
+    GlobalHydra.instance().clear()

@@ -1,0 +1,108 @@
+"""The training entry point on the real configs: composition, smoke runs, resuming, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from omegaconf import open_dict
+
+from dfn.errors import InputError
+from dfn.run import fit_and_test
+from tests.conftest import EXPERIMENTS, ROOT, smoke_overrides
+
+PARAMETERS = {  # the authors' counts (../shared/REFERENCE_SETUP.md); steerable: 1-64-128-81 MLP
+    "steerable": 18_897,
+    "moving_mnist": 637_361,
+    "moving_mnist_baseline": 637_443,
+    "highway": 368_122,
+    "highway_baseline": 368_245,
+    "stereo": 464_494,
+    "stereo_baseline": 464_509,
+}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_with_the_authors_parameter_count(compose_cfg, experiment):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    assert cfg.name == experiment
+    model = hydra.utils.instantiate(cfg.model)
+    assert model.num_parameters == PARAMETERS[experiment]
+    datamodule = hydra.utils.instantiate(cfg.data)
+    assert datamodule.hparams.batch_size == cfg.data.batch_size
+
+
+@pytest.mark.parametrize("experiment", ["steerable"])
+def test_smoke_run_writes_metrics(compose_cfg, tmp_path, experiment):
+    cfg = compose_cfg([f"experiment={experiment}", *smoke_overrides(experiment)])
+    metrics = fit_and_test(cfg)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["steps"] == 4
+    assert written["parameters"] == PARAMETERS[experiment]
+    assert written["device"].startswith("CPU")
+    assert any(k.startswith("test/") for k in written)
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in written.items() if k.startswith("test/"))
+    assert metrics["steps"] == written["steps"]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resumed_run_continues_from_the_checkpoint_step(compose_cfg, tmp_path):
+    first = compose_cfg(["experiment=steerable", *smoke_overrides("steerable")])
+    fit_and_test(first)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    resumed = compose_cfg(
+        ["experiment=steerable", *smoke_overrides("steerable"), "trainer.max_steps=6",
+         f"ckpt_path={last}"]
+    )
+    assert fit_and_test(resumed)["steps"] == 6
+
+
+def test_non_numeric_learning_rate_is_refused(compose_cfg):
+    cfg = compose_cfg(["experiment=steerable", "model.optimizer.lr=fast"])
+    with pytest.raises(InputError, match="model.optimizer.lr must be a number, got 'fast'"):
+        fit_and_test(cfg)
+
+
+def run_train(*overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_unknown_experiment_lists_the_options():
+    result = run_train("experiment=moving_mnistt")
+    assert result.returncode != 0
+    assert "Could not find 'experiment/moving_mnistt'" in result.stderr
+    assert "moving_mnist_baseline" in result.stderr  # Hydra lists the available experiments
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    result = run_train("experiment=steerable", "model.optimizer.lr=fast",
+                       f"paths.log_dir={tmp_path}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: model.optimizer.lr must be a number, got 'fast'"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_overrides_reach_the_optimizer(compose_cfg):
+    cfg = compose_cfg(["experiment=moving_mnist", "model.optimizer.lr=3e-4"])
+    model = hydra.utils.instantiate(cfg.model)
+    optimizer = model.configure_optimizers()["optimizer"]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
+    with open_dict(cfg):
+        cfg.model.scheduler = None
+    assert isinstance(hydra.utils.instantiate(cfg.model).configure_optimizers(),
+                      torch.optim.Adam)
+
+
+def test_run_folder_is_under_outputs(compose_cfg):
+    cfg = compose_cfg(["experiment=steerable"])
+    assert Path(cfg.paths.data_dir).name == "data" or "data" in cfg.paths.data_dir
