@@ -4,15 +4,28 @@ A dynamic local filter applies one generated filter per pixel (and per sample); 
 convolution applies one generated filter per sample at every position. Taps are ordered
 row-major over the kernel window, exactly like ``torch.nn.functional.unfold``; padding is zero
 and the output has the input's spatial size.
+
+``dynamic_local_filter`` has three implementations behind one signature (``impl``):
+``"reference"`` unfolds the input (kh*kw copies of it; simple, the one the others are tested
+on), ``"shift"`` accumulates kh*kw shifted products and never unfolds (CPU, or CUDA without
+Triton), ``"triton"`` runs the kernels of ``dfn.triton_filtering`` (CUDA). ``"auto"`` picks
+Triton on CUDA when it imports, otherwise shift. docs/PERFORMANCE.md has the measurements.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from dfn.errors import InputError
+
+Impl = Literal["auto", "reference", "shift", "triton"]
+IMPLS = ("auto", "reference", "shift", "triton")
 
 
 def _pair(kernel_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -22,9 +35,7 @@ def _pair(kernel_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(kh), int(kw)
 
 
-def _check_local(
-    x: Tensor, filters: Tensor, kernel_size, bias: Tensor | None
-) -> tuple[int, int]:
+def _check_local(x: Tensor, filters: Tensor, kernel_size, bias: Tensor | None) -> tuple[int, int]:
     kh, kw = _pair(kernel_size)
     if x.dim() != 4:
         raise InputError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
@@ -42,7 +53,9 @@ def _check_local(
             f"filters for a {kh}x{kw} dynamic local filter on x of shape {tuple(x.shape)} "
             f"must be {expected}, got {shape}"
         )
-    if bias is not None and (bias.dim() != 4 or tuple(bias.shape) not in {(b, 1, h, w), (b, c, h, w)}):
+    if bias is not None and (
+        bias.dim() != 4 or tuple(bias.shape) not in {(b, 1, h, w), (b, c, h, w)}
+    ):
         raise InputError(
             f"bias must be [{b}, 1, {h}, {w}] or [{b}, {c}, {h}, {w}], got {tuple(bias.shape)}"
         )
@@ -63,16 +76,179 @@ def dynamic_local_filter_reference(
     return (patches * filters).sum(dim=2)
 
 
+@functools.cache
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported (Triton installed and importable)."""
+    try:
+        import dfn.triton_filtering  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve_impl(impl: str, x: Tensor) -> str:
+    if impl not in IMPLS:
+        raise InputError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if x.is_cuda and triton_available() else "shift"
+    return impl
+
+
+def _padded_input(x: Tensor, bias: Tensor | None, kh: int, kw: int, dtype: torch.dtype) -> Tensor:
+    """x + bias in ``dtype``, zero-padded by the kernel's half-size: the only copy of x needed."""
+    b, c, h, w = x.shape
+    ph, pw = kh // 2, kw // 2
+    layout = (
+        torch.channels_last
+        if c > 1 and x.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
+    padded = torch.empty(
+        b, c, h + 2 * ph, w + 2 * pw, dtype=dtype, device=x.device, memory_format=layout
+    ).zero_()
+    inner = padded[:, :, ph : ph + h, pw : pw + w]
+    inner.copy_(x)
+    if bias is not None:
+        inner.add_(bias)
+    return padded
+
+
+def result_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The dtype the reference returns: x, filters and bias (if any) promoted together."""
+    dtypes = [t.dtype for t in tensors if t is not None]
+    result = dtypes[0]
+    for dtype in dtypes[1:]:
+        result = torch.promote_types(result, dtype)
+    return result
+
+
+def _tap_filter(filters: Tensor, t: int) -> Tensor:
+    """Tap t of the filters, shaped to broadcast against [B, C, H, W]."""
+    return filters[:, None, t] if filters.dim() == 4 else filters[:, :, t]
+
+
+class _ShiftLocalFilter(torch.autograd.Function):
+    """Dynamic local filtering as kh*kw shifted products of the padded input.
+
+    Forward: out = sum_t u[shift_t] * f_t, with u = pad(x + bias). Backward, per tap:
+    grad u[shift_t] += g * f_t and grad f_t = g * u[shift_t] (summed over channels when the
+    filters are shared). Sums run in float32 whatever the input dtype; nothing of size
+    kh*kw*|x| is ever allocated, and the filter tensor is read once per pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, filters: Tensor, bias: Tensor | None, kh: int, kw: int) -> Tensor:
+        # a channels-last filter tensor would make each tap a strided read of all of it
+        filters = filters.contiguous()
+        # half-precision inputs are summed in float32, float64 ones in float64
+        dtype = torch.promote_types(result_dtype(x, filters, bias), torch.float32)
+        padded = _padded_input(x, bias, kh, kw, dtype)
+        h, w = x.shape[2:]
+        out = torch.empty_like(x, dtype=dtype)
+        for t in range(kh * kw):
+            i, j = divmod(t, kw)
+            shifted, f_t = padded[:, :, i : i + h, j : j + w], _tap_filter(filters, t)
+            if t == 0:
+                torch.mul(shifted, f_t, out=out)
+            else:
+                out.addcmul_(shifted, f_t)
+        ctx.save_for_backward(padded, filters)
+        ctx.kernel_size = (kh, kw)
+        ctx.x_dtype = x.dtype
+        ctx.x_layout = (
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            else torch.contiguous_format
+        )
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.bias_channels = None if bias is None else bias.shape[1]
+        return out.to(result_dtype(x, filters, bias))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        padded, filters = ctx.saved_tensors
+        kh, kw = ctx.kernel_size
+        need_x, need_filters, need_bias = ctx.needs_input_grad[:3]
+        h, w = grad_out.shape[2:]
+        grad = grad_out.to(padded.dtype)
+        grad_filters = _filter_grad(grad, padded, filters, kh, kw) if need_filters else None
+        grad_x = grad_bias = None
+        if need_x or need_bias:
+            grad_padded = torch.zeros_like(padded)
+            for t in range(kh * kw):
+                i, j = divmod(t, kw)
+                grad_padded[:, :, i : i + h, j : j + w].addcmul_(grad, _tap_filter(filters, t))
+            grad_u = grad_padded[:, :, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
+            if need_x:
+                grad_x = grad_u.to(dtype=ctx.x_dtype, memory_format=ctx.x_layout, copy=True)
+            if need_bias:
+                if ctx.bias_channels == 1 and grad_u.shape[1] > 1:
+                    grad_u = grad_u.sum(dim=1, keepdim=True)
+                grad_bias = grad_u.to(
+                    dtype=ctx.bias_dtype, memory_format=torch.contiguous_format, copy=True
+                )
+        return grad_x, grad_filters, grad_bias, None, None
+
+
+def _filter_grad(grad: Tensor, padded: Tensor, filters: Tensor, kh: int, kw: int) -> Tensor:
+    """grad_filters[.., t, y, x] = grad[.., y, x] * u[.., y + i, x + j], tap t = (i, j).
+
+    Shared filters sum this over the channels.
+    """
+    b, c, h, w = grad.shape
+    per_channel = filters.dim() == 5
+    grad_filters = torch.empty_like(filters)
+    s0, s1, s2, s3 = padded.stride()
+    # a view, not a copy: windows[.., i, j, y, x] = padded[.., y + i, x + j]
+    windows = padded.as_strided((b, c, kh, kw, h, w), (s0, s1, s2, s3, s2, s3))
+    same_dtype = grad_filters.dtype == padded.dtype
+    if (per_channel or c == 1) and same_dtype:
+        # one op over all taps: no per-tap dispatch
+        torch.mul(grad[:, :, None, None], windows, out=grad_filters.view(b, -1, kh, kw, h, w))
+        return grad_filters
+    # tap by tap, so that a shared filter's channel sum stays in cache (and in float32)
+    scratch = None if per_channel or same_dtype else grad.new_empty(b, h, w)
+    for t in range(kh * kw):
+        shifted = windows[:, :, t // kw, t % kw]
+        if per_channel:
+            torch.mul(grad, shifted, out=grad_filters[:, :, t])
+            continue
+        total = grad_filters[:, t] if scratch is None else scratch
+        torch.mul(grad[:, 0], shifted[:, 0], out=total)
+        for k in range(1, c):
+            total.addcmul_(grad[:, k], shifted[:, k])
+        if scratch is not None:
+            grad_filters[:, t].copy_(scratch)
+    return grad_filters
+
+
 def dynamic_local_filter(
-    x: Tensor, filters: Tensor, kernel_size, bias: Tensor | None = None
+    x: Tensor,
+    filters: Tensor,
+    kernel_size,
+    bias: Tensor | None = None,
+    *,
+    impl: Impl = "auto",
 ) -> Tensor:
     """Filter each pixel of ``x`` with its own generated filter.
 
     x: [B, C, H, W]; filters: [B, kh*kw, H, W] (shared by the channels) or [B, C, kh*kw, H, W];
     bias: optional [B, 1 or C, H, W], added to ``x`` before filtering (the paper's dynamic bias).
-    Returns [B, C, H, W].
+    Returns [B, C, H, W], in the dtype of x, filters and bias promoted together.
+    ``impl``: see the module docstring.
     """
-    return dynamic_local_filter_reference(x, filters, kernel_size, bias)
+    kh, kw = _check_local(x, filters, kernel_size, bias)
+    impl = _resolve_impl(impl, x)
+    if impl == "reference":
+        return dynamic_local_filter_reference(x, filters, (kh, kw), bias)
+    if impl == "triton":
+        if not triton_available():
+            raise InputError("impl='triton' needs the triton package, which does not import here")
+        from dfn.triton_filtering import triton_local_filter
+
+        return triton_local_filter(x, filters, (kh, kw), bias)
+    return _ShiftLocalFilter.apply(x, filters, bias, kh, kw)
 
 
 def dynamic_conv(x: Tensor, filters: Tensor, kernel_size) -> Tensor:
@@ -102,11 +278,20 @@ class DynamicLocalFilter(nn.Module):
     (the bias is added to the input before filtering, as the authors did).
     """
 
-    def __init__(self, kernel_size, softmax: bool = True, dynamic_bias: bool = False) -> None:
+    def __init__(
+        self,
+        kernel_size,
+        softmax: bool = True,
+        dynamic_bias: bool = False,
+        impl: Impl = "auto",
+    ) -> None:
         super().__init__()
+        if impl not in IMPLS:
+            raise InputError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.kernel_size = _pair(kernel_size)
         self.softmax = softmax
         self.dynamic_bias = dynamic_bias
+        self.impl = impl
 
     @property
     def taps(self) -> int:
@@ -132,7 +317,7 @@ class DynamicLocalFilter(nn.Module):
 
     def forward(self, x: Tensor, generated: Tensor) -> Tensor:
         filters, bias = self.split(generated)
-        return dynamic_local_filter(x, filters, self.kernel_size, bias)
+        return dynamic_local_filter(x, filters, self.kernel_size, bias, impl=self.impl)
 
 
 class DynamicConv(nn.Module):
