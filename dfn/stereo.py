@@ -41,6 +41,14 @@ class StereoPredictionTask(DFNTask):
             return None
         return expected_displacement(filters, self.predictor.filtering.kernel_size)[:, :1]
 
+    @staticmethod
+    def scorable(truth: Tensor) -> Tensor:
+        """Pixels with known disparity whose match lies inside the crop: elsewhere the filter
+        sees only zero padding and cannot find it."""
+        x = torch.arange(truth.shape[-1], device=truth.device, dtype=truth.dtype)
+        source = x + truth
+        return torch.isfinite(truth) & (source >= 0) & (source <= truth.shape[-1] - 1)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         prediction, _ = self(batch["left"])
         loss = F.mse_loss(prediction, batch["right"])
@@ -69,7 +77,7 @@ class StereoPredictionTask(DFNTask):
         self.test_metrics.update("model", prediction.unsqueeze(1), right.unsqueeze(1))
         self.test_metrics.update("copy_left", left.unsqueeze(1), right.unsqueeze(1))
         disparity = self.disparity(filters)
-        valid = torch.isfinite(truth)
+        valid = self.scorable(truth)
         if disparity is not None and valid.any():
             self.disparity_error.update((disparity - truth)[valid].abs())
             self.disparity_truth.update(truth[valid])

@@ -1,0 +1,128 @@
+"""Filter-generating networks, the predictor's rollout and the per-frame metrics."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from dfn.errors import InputError
+from dfn.filtering import DynamicLocalFilter
+from dfn.metrics import PredictionMetrics, frame_metrics
+from dfn.networks import FilterGenerator, UntiedBiasConv
+from dfn.predictor import EPS, DynamicFilterPredictor
+
+
+def mnist_generator(**kwargs):
+    return FilterGenerator(image_size=16, encoder=[8, "8s2", 16], recurrent=[16, 16],
+                           decoder=[8, "up", 8], head=[16], **kwargs)
+
+
+def make_predictor(mode="dfn", frames_per_step=1, kernel_size=5, dynamic_bias=False, **kwargs):
+    return DynamicFilterPredictor(mnist_generator, DynamicLocalFilter(kernel_size, True,
+                                  dynamic_bias), mode, frames_per_step, **kwargs)
+
+
+def test_he_uniform_init_bounds_and_zero_biases():
+    g = FilterGenerator(1, 81, 64, [32, "32s2", "64u"], [64, "up", 32])
+    for m in g.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            bound = math.sqrt(3 / m.weight[0].numel())
+            assert m.weight.abs().max() <= bound
+            assert m.weight.abs().max() > 0.9 * bound  # uniform over the whole range
+            if m.bias is not None:
+                assert not m.bias.any()
+    untied = [m for m in g.modules() if isinstance(m, UntiedBiasConv)]
+    assert untied[0].bias.shape == (64, 32, 32)
+
+
+def test_generator_spec_errors_are_clear():
+    with pytest.raises(InputError, match="unknown generator layer '3x3'"):
+        FilterGenerator(1, 9, 16, [8, "3x3"], [8])
+    with pytest.raises(InputError, match="maps \\(16, 16\\) to \\(8, 8\\)"):
+        FilterGenerator(1, 9, 16, [8, "8s2"], [8])
+
+
+def test_recurrence_adds_the_hidden_state_to_the_encoder_output():
+    g = mnist_generator(in_channels=1, out_channels=3)
+    x = torch.rand(2, 1, 16, 16)
+    _, h1 = g(x)
+    encoded = g.encoder(x)
+    assert torch.allclose(h1, encoded + g.recurrent(torch.zeros_like(encoded)))
+    _, h2 = g(x, h1)
+    assert torch.allclose(h2, encoded + g.recurrent(h1))
+
+
+def test_rollout_feeds_predictions_back_and_never_sees_the_future():
+    torch.manual_seed(0)
+    p = make_predictor()
+    context = torch.rand(2, 4, 1, 16, 16)
+    predictions, filters = p.rollout(context, 3)
+    assert predictions.shape == (2, 3, 1, 16, 16) and len(filters) == 3
+    # Reproduce it by hand: 3 context steps, then each prediction is the next input.
+    hidden, frame = None, None
+    for t in range(4):
+        frame, _, hidden = p.step(context[:, t], hidden)
+    manual = [frame]
+    for _ in range(2):
+        frame, _, hidden = p.step(frame, hidden)
+        manual.append(frame)
+    assert torch.allclose(predictions, torch.stack(manual, 1), atol=1e-6)
+
+
+def test_two_frames_per_step_and_dynamic_bias_shapes():
+    p = make_predictor(frames_per_step=2, kernel_size=3, dynamic_bias=True)
+    assert p.generator.encoder[0].in_channels == 2
+    assert p.generator.out_channels == 10  # 9 taps + the dynamic bias
+    predictions, filters = p.rollout(torch.rand(1, 3, 1, 16, 16), 3)
+    assert predictions.shape == (1, 3, 1, 16, 16)
+    assert torch.allclose(filters[0].sum(1), torch.ones(1, 16, 16))  # softmax over the taps
+    with pytest.raises(InputError, match="context"):
+        p.rollout(torch.rand(1, 1, 1, 16, 16), 3)
+
+
+def test_dfn_prediction_is_a_convex_combination_of_the_last_frame():
+    p = make_predictor()
+    prediction, filters, _ = p.step(torch.rand(3, 1, 16, 16))
+    assert filters.shape == (3, 25, 16, 16)
+    assert prediction.min() >= 0 and prediction.max() <= 1
+
+
+def test_baseline_is_clipped_for_the_bce():
+    p = make_predictor(mode="baseline", clip_output=True)
+    with torch.no_grad():
+        p.output.bias.fill_(5.0)
+    prediction, filters, _ = p.step(torch.rand(1, 1, 16, 16))
+    assert filters is None
+    assert prediction.max().item() == pytest.approx(1 - EPS)
+
+
+def test_frame_metrics_are_summed_over_the_pixels_of_a_frame():
+    target = torch.rand(2, 3, 1, 8, 8)
+    prediction = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)
+    m = frame_metrics(prediction, target)
+    assert m["mse"].shape == (2, 3)
+    assert torch.allclose(m["mse"][1, 2], ((prediction - target)[1, 2] ** 2).sum())
+    assert torch.allclose(m["mae"][0, 1], (prediction - target)[0, 1].abs().sum())
+    bce = F.binary_cross_entropy(prediction[1, 0].clamp(EPS, 1 - EPS), target[1, 0],
+                                 reduction="sum")
+    assert torch.allclose(m["bce"][1, 0], bce, rtol=1e-5)
+    ssim = structural_similarity_index_measure(prediction[0, 2:], target[0, 2:], data_range=1.0)
+    assert torch.allclose(m["ssim"][0, 2], ssim)
+    psnr = 10 * torch.log10(1 / ((prediction - target)[0, 0] ** 2).mean())
+    assert torch.allclose(m["psnr"][0, 0], psnr, rtol=1e-5)
+
+
+def test_prediction_metrics_average_over_samples_and_horizons():
+    metrics = PredictionMetrics(["model", "copy_last"], horizon=2)
+    target = torch.rand(4, 2, 1, 8, 8)
+    metrics.update("model", target, target)
+    zeros = torch.zeros_like(target)
+    metrics.update("copy_last", zeros[:2], target[:2])
+    metrics.update("copy_last", zeros[2:], target[2:])
+    out = metrics.compute()
+    assert out["model/mse"] == 0 and out["model/ssim"] == pytest.approx(1.0)
+    per_frame = (target**2).flatten(2).sum(2)  # [4, 2]
+    assert out["copy_last/mse"] == pytest.approx(per_frame.mean().item(), rel=1e-5)
+    assert out["copy_last/mse_t2"] == pytest.approx(per_frame[:, 1].mean().item(), rel=1e-5)
