@@ -35,7 +35,6 @@ from dfn.errors import InputError
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 64
-TEST_SEQUENCES = 10_000  # the paper's fixed test set size
 POOL_SEED = 0  # digit pool split
 # Fixed sequence seeds of the generated sets, away from the small training seeds one would pick.
 EVAL_SEEDS = {"val": 20_161, "test": 20_162}
@@ -318,7 +317,7 @@ class MovingMNISTDataModule(LightningDataModule):
     """Batches of float sequences [B, num_frames, 1, 64, 64] in [0, 1].
 
     An epoch is ``steps_per_epoch`` freshly sampled training batches. Validation (``val_size``
-    sequences) and test (the first ``test_size`` of 10,000, or of ``test_path``) are fixed sets,
+    sequences) and test (``test_size`` generated, or the first of ``test_path``) are fixed sets,
     served in order, so the first validation sequences can be shown in figures.
     """
 
@@ -378,7 +377,8 @@ class MovingMNISTDataModule(LightningDataModule):
         return self.cache_dir / name
 
     def _generated_set(self, split: str, count: int) -> np.ndarray:
-        size = self.val_size if split == "val" else max(TEST_SEQUENCES, self.test_size)
+        # Sequence i is the same in a set of any size: test_size=N is a prefix of the 10,000.
+        size = self.val_size if split == "val" else self.test_size
         pool = getattr(self.pools, split)
         path = self.cache_path(split, size)
         return load_or_generate(path, pool, EVAL_SEEDS[split], size, self.num_frames, count)
