@@ -1,0 +1,300 @@
+"""The dynamic filtering op: fast implementations against the unfold reference, and its checks."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfn.errors import InputError
+from dfn.filtering import (
+    DynamicConv,
+    DynamicLocalFilter,
+    dynamic_conv,
+    dynamic_local_filter,
+    dynamic_local_filter_reference,
+    expected_displacement,
+)
+
+KERNELS = [(1, 1), (3, 3), (9, 9), (11, 11), (1, 13), (13, 13)]
+
+
+def make_inputs(batch, channels, size, kernel, per_channel, bias_channels, dtype=torch.float64):
+    """x, filters, bias (or None) for a local filter, all requiring grad."""
+    gen = torch.Generator().manual_seed(0)
+    taps = kernel[0] * kernel[1]
+    x = torch.randn(batch, channels, *size, generator=gen, dtype=dtype)
+    filter_shape = (batch, channels, taps, *size) if per_channel else (batch, taps, *size)
+    filters = torch.randn(filter_shape, generator=gen, dtype=dtype)
+    bias = None
+    if bias_channels is not None:
+        bias = torch.randn(batch, bias_channels, *size, generator=gen, dtype=dtype)
+    return [t if t is None else t.requires_grad_() for t in (x, filters, bias)]
+
+
+def value_and_grads(fn, x, filters, bias, grad_seed=1):
+    """fn's output and the gradients of <output, fixed random small integers> for each input.
+
+    Small integers are exact in every dtype, so runs in different dtypes get the same weights.
+    """
+    inputs = [t for t in (x, filters, bias) if t is not None]
+    out = fn(x, filters, bias)
+    gen = torch.Generator().manual_seed(grad_seed)
+    weight = torch.randint(-4, 5, out.shape, generator=gen).to(out.dtype)
+    grads = torch.autograd.grad((out * weight).sum(), inputs)
+    return out, grads
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: f"{k[0]}x{k[1]}")
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["shared", "per_channel"])
+@pytest.mark.parametrize("bias_channels", [None, 1, "C"], ids=["no_bias", "bias1", "biasC"])
+def test_shift_matches_reference(kernel, channels, per_channel, bias_channels):
+    # H != W, and B = 1 for the three-channel cases
+    batch = 1 if channels == 3 else 2
+    bias_channels = channels if bias_channels == "C" else bias_channels
+    x, filters, bias = make_inputs(batch, channels, (10, 7), kernel, per_channel, bias_channels)
+    expected, expected_grads = value_and_grads(
+        lambda *a: dynamic_local_filter_reference(*a[:2], kernel, a[2]), x, filters, bias
+    )
+    got, grads = value_and_grads(
+        lambda *a: dynamic_local_filter(*a[:2], kernel, a[2], impl="shift"), x, filters, bias
+    )
+    torch.testing.assert_close(got, expected)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize(
+    "kernel, channels, per_channel, bias_channels",
+    [((3, 3), 2, False, 1), ((3, 5), 2, True, 2), ((1, 3), 1, False, None), ((5, 3), 3, False, 3)],
+)
+def test_shift_gradcheck(kernel, channels, per_channel, bias_channels):
+    x, filters, bias = make_inputs(1, channels, (5, 4), kernel, per_channel, bias_channels)
+    inputs = [t for t in (x, filters, bias) if t is not None]
+
+    def fn(*args):
+        return dynamic_local_filter(args[0], args[1], kernel, *args[2:], impl="shift")
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["shared", "per_channel"])
+def test_shift_low_precision_sums_in_float32(dtype, per_channel):
+    x, filters, bias = make_inputs(2, 3, (9, 8), (9, 9), per_channel, 1, dtype=dtype)
+    got, grads = value_and_grads(
+        lambda *a: dynamic_local_filter(*a[:2], 9, a[2], impl="shift"), x, filters, bias
+    )
+    assert got.dtype == dtype and all(g.dtype == dtype for g in grads)
+    # 81 products summed in float32: the error is the result's rounding to dtype, not the sum's
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}[dtype]
+    rounded = [t.detach().double().requires_grad_() for t in (x, filters, bias)]
+    expected, expected_grads = value_and_grads(
+        lambda *a: dynamic_local_filter_reference(*a[:2], 9, a[2]), *rounded
+    )
+    for value, expected_value in zip((got, *grads), (expected, *expected_grads), strict=True):
+        atol = tol * expected_value.abs().max().item()
+        torch.testing.assert_close(value.double(), expected_value, rtol=0, atol=atol)
+
+
+def test_shift_channels_last_input():
+    x, filters, bias = make_inputs(2, 3, (6, 9), (3, 5), False, 3)
+    x_last = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    expected, expected_grads = value_and_grads(
+        lambda *a: dynamic_local_filter_reference(*a[:2], (3, 5), a[2]), x, filters, bias
+    )
+    got, grads = value_and_grads(
+        lambda *a: dynamic_local_filter(*a[:2], (3, 5), a[2], impl="shift"), x_last, filters, bias
+    )
+    torch.testing.assert_close(got, expected)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_shift_gradients_only_where_asked():
+    x, filters, bias = make_inputs(1, 2, (5, 6), (3, 3), False, 1)
+    x.requires_grad_(False)
+    out = dynamic_local_filter(x, filters, 3, bias, impl="shift")
+    out.sum().backward()
+    assert x.grad is None and filters.grad is not None and bias.grad is not None
+    expected = dynamic_local_filter_reference(x, filters, 3, bias)
+    torch.testing.assert_close(out, expected)
+
+
+def test_impl_choice_and_module():
+    x, filters, bias = make_inputs(1, 1, (4, 5), (3, 3), False, 1)
+    generated = torch.cat([filters, bias], dim=1).detach()
+    layer = DynamicLocalFilter(3, dynamic_bias=True, impl="shift")
+    assert layer.taps == 9 and layer.generated_channels == 10
+    split_filters, split_bias = layer.split(generated)
+    torch.testing.assert_close(split_filters.sum(dim=1), torch.ones(1, 4, 5, dtype=x.dtype))
+    expected = dynamic_local_filter_reference(x, split_filters, 3, split_bias)
+    torch.testing.assert_close(layer(x, generated), expected)
+    # on CPU, auto is the shift implementation
+    expected = dynamic_local_filter_reference(x, filters, 3, bias)
+    for impl in ("auto", "reference"):
+        torch.testing.assert_close(dynamic_local_filter(x, filters, 3, bias, impl=impl), expected)
+    with pytest.raises(InputError, match="impl must be one of"):
+        dynamic_local_filter(x, filters, 3, impl="unfold")
+    with pytest.raises(InputError, match="impl must be one of"):
+        DynamicLocalFilter(3, impl="cuda")
+
+
+@pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed")
+def test_triton_kernels_in_interpreter():
+    """The Triton kernels, run by Triton's CPU interpreter on small shapes against the reference.
+
+    TRITON_INTERPRET must be set before triton is imported, so this runs in its own process.
+    """
+    script = textwrap.dedent(
+        """
+        import torch
+        from dfn.filtering import dynamic_local_filter, dynamic_local_filter_reference
+
+        cases = [  # x, filters, bias shapes, kernel, channels-last x
+            # shared filters, two channel blocks, broadcast bias, channels-last
+            ((1, 6, 5, 4), (1, 9, 5, 4), (1, 1, 5, 4), (3, 3), True),
+            # per-channel filters, rectangular kernel, per-channel bias
+            ((2, 3, 4, 5), (2, 3, 15, 4, 5), (2, 3, 4, 5), (3, 5), False),
+            # one channel, a 1x13 kernel wider than the image, no bias
+            ((1, 1, 3, 8), (1, 13, 3, 8), None, (1, 13), False),
+        ]
+        for x_shape, f_shape, b_shape, kernel, channels_last in cases:
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(x_shape, generator=gen)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            inputs = [x, torch.randn(f_shape, generator=gen)]
+            if b_shape is not None:
+                inputs.append(torch.randn(b_shape, generator=gen))
+            weight = torch.randn(x_shape, generator=gen)
+            results = []
+            for impl in ("triton", "reference"):
+                leaves = [t.clone().requires_grad_() for t in inputs]
+                out = dynamic_local_filter(leaves[0], leaves[1], kernel, *leaves[2:], impl=impl)
+                (out * weight).sum().backward()
+                results.append([out] + [t.grad for t in leaves])
+            for got, expected in zip(*results, strict=True):
+                torch.testing.assert_close(got, expected)
+        print("ok")
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kernel", [(3, 3), (1, 5), (5, 3)], ids=lambda k: f"{k[0]}x{k[1]}")
+@pytest.mark.parametrize("per_channel", [False, True], ids=["shared", "per_channel"])
+def test_dynamic_conv_matches_per_sample_conv(kernel, per_channel):
+    gen = torch.Generator().manual_seed(0)
+    b, c, h, w = 3, 2, 7, 6
+    taps = kernel[0] * kernel[1]
+    x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64, requires_grad=True)
+    filter_shape = (b, c, taps) if per_channel else (b, taps)
+    filters = torch.randn(filter_shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    got = dynamic_conv(x, filters, kernel)
+    padding = (kernel[0] // 2, kernel[1] // 2)
+    per_sample = []
+    for sample, sample_filters in zip(x, filters, strict=True):
+        weight = sample_filters.reshape(-1, 1, *kernel).expand(c, 1, *kernel)
+        per_sample.append(F.conv2d(sample[None], weight, padding=padding, groups=c))
+    torch.testing.assert_close(got, torch.cat(per_sample))
+    # the same filter at every pixel is a local filter
+    everywhere = filters[..., None, None].expand(*filters.shape, h, w)
+    torch.testing.assert_close(got, dynamic_local_filter_reference(x, everywhere, kernel))
+    assert torch.autograd.gradcheck(
+        lambda *a: dynamic_conv(*a, kernel), (x, filters), fast_mode=True
+    )
+
+
+def test_dynamic_conv_module_softmax():
+    x = torch.randn(2, 1, 5, 5)
+    filters = torch.randn(2, 9)
+    expected = dynamic_conv(x, filters.softmax(dim=-1), 3)
+    torch.testing.assert_close(DynamicConv(3, softmax=True)(x, filters), expected)
+
+
+BAD_LOCAL = [  # x shape, filters shape, bias shape, kernel, what the message must name
+    ((2, 5, 5), (2, 9, 5, 5), None, 3, ["(2, 5, 5)", "[B, C, H, W]"]),
+    ((2, 1, 5, 5), (2, 8, 5, 5), None, 3, ["(2, 8, 5, 5)", "[2, 9, 5, 5]"]),
+    ((2, 1, 5, 5), (2, 9, 5), None, 3, ["(2, 9, 5)", "[2, 9, 5, 5]"]),
+    ((2, 1, 5, 5), (3, 9, 5, 5), None, 3, ["(3, 9, 5, 5)", "[2, 9, 5, 5]"]),
+    ((2, 1, 5, 5), (2, 9, 5, 4), None, 3, ["(2, 9, 5, 4)", "[2, 9, 5, 5]"]),
+    ((2, 2, 5, 5), (2, 3, 9, 5, 5), None, 3, ["(2, 3, 9, 5, 5)", "[2, 2, 9, 5, 5]"]),
+    ((2, 1, 5, 5), (2, 9, 5, 5), None, (5, 3), ["(2, 9, 5, 5)", "[2, 15, 5, 5]", "5x3"]),
+    ((2, 1, 5, 5), (2, 16, 5, 5), None, 4, ["4"]),
+    ((2, 1, 5, 5), (2, 6, 5, 5), None, (3, 2), ["(3, 2)"]),
+    ((2, 3, 5, 5), (2, 9, 5, 5), (2, 2, 5, 5), 3, ["(2, 2, 5, 5)", "[2, 1, 5, 5]", "[2, 3, 5, 5]"]),
+    ((2, 1, 5, 5), (2, 9, 5, 5), (1, 1, 5, 5), 3, ["(1, 1, 5, 5)", "[2, 1, 5, 5]"]),
+]
+
+
+@pytest.mark.parametrize("impl", ["reference", "shift"])
+@pytest.mark.parametrize("x_shape, filter_shape, bias_shape, kernel, named", BAD_LOCAL)
+def test_local_filter_rejects_bad_shapes(impl, x_shape, filter_shape, bias_shape, kernel, named):
+    bias = None if bias_shape is None else torch.zeros(bias_shape)
+    fn = dynamic_local_filter_reference if impl == "reference" else dynamic_local_filter
+    with pytest.raises(InputError) as error:
+        fn(torch.zeros(x_shape), torch.zeros(filter_shape), kernel, bias)
+    assert isinstance(error.value, ValueError)
+    for text in named:
+        assert text in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "x_shape, filter_shape, kernel, named",
+    [
+        ((2, 5, 5), (2, 9), 3, ["(2, 5, 5)"]),
+        ((2, 1, 5, 5), (2, 8), 3, ["(2, 8)", "[2, 9]"]),
+        ((2, 1, 5, 5), (3, 9), 3, ["(3, 9)", "[2, 9]"]),
+        ((2, 3, 5, 5), (2, 2, 9), 3, ["(2, 2, 9)", "[2, 3, 9]"]),
+        ((2, 1, 5, 5), (2, 4), 2, ["2"]),
+    ],
+)
+def test_dynamic_conv_rejects_bad_shapes(x_shape, filter_shape, kernel, named):
+    with pytest.raises(InputError) as error:
+        dynamic_conv(torch.zeros(x_shape), torch.zeros(filter_shape), kernel)
+    for text in named:
+        assert text in str(error.value)
+
+
+def test_split_rejects_wrong_generator_output():
+    with pytest.raises(InputError, match=r"\[B, 10, H, W\].*\(2, 9, 4, 4\)"):
+        DynamicLocalFilter(3, dynamic_bias=True).split(torch.zeros(2, 9, 4, 4))
+
+
+@pytest.mark.parametrize("kernel", [(3, 3), (9, 9), (1, 13), (5, 3)], ids=str)
+def test_expected_displacement_of_one_hot_filters(kernel):
+    kh, kw = kernel
+    h, w = 2, 3
+    # pixel (y, x) puts all its weight on tap (row (y * w + x) % kh, col (y + x) % kw)
+    filters = torch.zeros(1, kh * kw, h, w)
+    expected = torch.zeros(1, 2, h, w)
+    for y in range(h):
+        for x in range(w):
+            row, col = (y * w + x) % kh, (y + x) % kw
+            filters[0, row * kw + col, y, x] = 1
+            expected[0, :, y, x] = torch.tensor([col - kw // 2, row - kh // 2])
+    torch.testing.assert_close(expected_displacement(filters, kernel), expected)
+
+
+def test_one_hot_filter_moves_pixels_by_its_displacement():
+    """The sign convention: a one-hot at offset (dy, dx) copies x[y + dy, x + dx] to (y, x)."""
+    x = torch.arange(36.0).view(1, 1, 6, 6)
+    filters = torch.zeros(1, 25, 6, 6)
+    filters[:, 1 * 5 + 4] = 1  # row 1, col 4: dy = -1, dx = +2
+    out = dynamic_local_filter(x, filters, 5)
+    assert torch.equal(out[0, 0, 1:, :4], x[0, 0, :-1, 2:])
+    dx, dy = expected_displacement(filters, 5)[0, :, 0, 0].tolist()
+    assert (dx, dy) == (2.0, -1.0)
