@@ -53,7 +53,9 @@ class DynamicFilterPredictor(nn.Module):
             prediction, filters = self.output(generated), None
         else:
             filters, bias = self.filtering.split(generated)
-            prediction = dynamic_local_filter(window[:, -1:], filters, self.filtering.kernel_size, bias)
+            prediction = dynamic_local_filter(
+                window[:, -1:], filters, self.filtering.kernel_size, bias, impl=self.filtering.impl
+            )
         if self.clip_output:
             prediction = prediction.clamp(EPS, 1.0 - EPS)
         return prediction, filters, hidden

@@ -12,6 +12,7 @@ import torch
 from omegaconf import open_dict
 
 from dfn.errors import InputError
+from dfn.metrics import METRICS
 from dfn.run import fit_and_test
 from tests.conftest import EXPERIMENTS, ROOT, smoke_overrides
 
@@ -25,6 +26,15 @@ PARAMETERS = {  # the authors' counts (../shared/REFERENCE_SETUP.md); steerable:
     "stereo_baseline": 464_509,
 }
 
+VIDEO_METRICS = [f"test/{p}{m}{h}" for p in ("", "copy_last/") for m in METRICS
+                 for h in ("", "_t1", "_t3")]
+EXPECTED_METRICS = {
+    "steerable": ["test/mse", "test/relative_mse", "test/filter_cosine"],
+    "moving_mnist": VIDEO_METRICS + ["test/bce_t10"],
+    "highway": VIDEO_METRICS,
+    "stereo": [f"test/{p}{m}" for p in ("", "copy_left/") for m in METRICS],
+}
+
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_with_the_authors_parameter_count(compose_cfg, experiment):
@@ -36,7 +46,7 @@ def test_experiment_composes_with_the_authors_parameter_count(compose_cfg, exper
     assert datamodule.hparams.batch_size == cfg.data.batch_size
 
 
-@pytest.mark.parametrize("experiment", ["steerable"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_smoke_run_writes_metrics(compose_cfg, tmp_path, experiment):
     cfg = compose_cfg([f"experiment={experiment}", *smoke_overrides(experiment)])
     metrics = fit_and_test(cfg)
@@ -44,7 +54,8 @@ def test_smoke_run_writes_metrics(compose_cfg, tmp_path, experiment):
     assert written["steps"] == 4
     assert written["parameters"] == PARAMETERS[experiment]
     assert written["device"].startswith("CPU")
-    assert any(k.startswith("test/") for k in written)
+    for key in EXPECTED_METRICS[experiment.removesuffix("_baseline")]:
+        assert key in written, key
     assert all(torch.isfinite(torch.tensor(v)) for k, v in written.items() if k.startswith("test/"))
     assert metrics["steps"] == written["steps"]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
