@@ -1,0 +1,154 @@
+import re
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from datamodules import highway
+from datamodules.h5 import write_h5_atomic
+from datamodules.highway import HighwayDataModule, render_highway, split_paths
+from dfn.errors import InputError
+
+
+def numbered_frames(count: int, size: int = 64) -> np.ndarray:
+    """uint8 frames whose pixel value is the frame number: a window shows where it starts."""
+    return np.broadcast_to(np.arange(count, dtype=np.uint8)[:, None, None], (count, size, size))
+
+
+@pytest.fixture
+def files(tmp_path):
+    write_h5_atomic(tmp_path / "train.h5", {"highway_L": numbered_frames(100)})
+    write_h5_atomic(tmp_path / "test.h5", {"highway_L": numbered_frames(30)})
+    return tmp_path
+
+
+def starts(batch: torch.Tensor) -> list[int]:
+    return [round(v) for v in (batch[:, 0, 0, 0, 0] * 255).tolist()]
+
+
+def test_batches_are_windows_of_consecutive_frames(files):
+    data = HighwayDataModule(path=str(files), batch_size=4, steps_per_epoch=3, val_fraction=0.1)
+    data.setup("fit")
+    data.setup("test")
+    batch = next(iter(data.train_dataloader()))
+    assert batch.shape == (4, 6, 1, 64, 64) and batch.dtype == torch.float32
+    assert 0 <= batch.min() and batch.max() <= 1
+    # consecutive frames, all starting before the validation frames (the last 10: 90..99)
+    steps = (batch[:, 1:, 0, 0, 0] - batch[:, :-1, 0, 0, 0]) * 255
+    torch.testing.assert_close(steps, torch.ones_like(steps))
+    assert all(0 <= s <= 90 - 6 for s in starts(batch))
+    assert len(data.train_dataloader()) == 3
+    val = torch.cat(list(data.val_dataloader()))
+    assert starts(val) == list(range(90, 95))  # every window inside the held-out frames
+    test = torch.cat(list(data.test_dataloader()))
+    assert starts(test) == list(range(25))  # every start of the test file
+
+
+def test_training_stream_is_a_function_of_the_seed(files):
+    def first_batches(seed: int) -> torch.Tensor:
+        data = HighwayDataModule(path=str(files), batch_size=8, steps_per_epoch=2, seed=seed)
+        data.setup("fit")
+        return torch.cat(list(data.train_dataloader()))
+
+    a, b, c = first_batches(1), first_batches(1), first_batches(2)
+    torch.testing.assert_close(a, b)
+    assert starts(a) != starts(c)
+    assert len(set(starts(a))) > 8  # random starts, not one window repeated
+
+
+def test_prefix_paths_test_size_and_window_length(tmp_path):
+    write_h5_atomic(tmp_path / "clip_train.h5", {"highway_L": numbered_frames(50)})
+    write_h5_atomic(tmp_path / "clip_test.h5", {"highway_L": numbered_frames(20)})
+    assert split_paths(tmp_path / "clip") == (tmp_path / "clip_train.h5", tmp_path / "clip_test.h5")
+    data = HighwayDataModule(
+        path=str(tmp_path / "clip"), num_input=2, num_predicted=1, test_size=4, batch_size=3
+    )
+    data.setup("test")
+    test = torch.cat(list(data.test_dataloader()))
+    assert test.shape == (4, 3, 1, 64, 64) and starts(test) == [0, 1, 2, 3]
+
+
+def test_bad_files_each_give_one_error_naming_the_file(tmp_path):
+    good = numbered_frames(40)
+    cases = {
+        "missing.h5": None,
+        "no_dataset.h5": {"other": good},
+        "rank2.h5": {"highway_L": good[:, :, 0]},
+        "short.h5": {"highway_L": good[:5]},
+        "small.h5": {"highway_L": good[:, :32, :32]},
+    }
+    messages = {
+        "missing.h5": "not found",
+        "no_dataset.h5": "no dataset 'highway_L'",
+        "rank2.h5": "expected [frames, height, width]",
+        "short.h5": "has 5 frames",
+        "small.h5": "32x32 frames; expected 64x64",
+    }
+    for name, arrays in cases.items():
+        if arrays is not None:
+            write_h5_atomic(tmp_path / name, arrays)
+    corrupt = tmp_path / "corrupt.h5"
+    write_h5_atomic(corrupt, {"highway_L": good})
+    corrupt.write_bytes(corrupt.read_bytes()[:3000])  # truncated
+    messages["corrupt.h5"] = "corrupt or truncated"
+    for name, message in messages.items():
+        data = HighwayDataModule(train_path=str(tmp_path / name), test_path=str(tmp_path / name))
+        with pytest.raises(InputError, match=re.escape(message)) as error:
+            data.setup("fit")
+        assert name in str(error.value)
+
+
+def test_missing_split_and_bad_arguments(files):
+    with pytest.raises(InputError, match="no test file"):
+        HighwayDataModule(train_path=str(files / "train.h5")).setup("test")
+    with pytest.raises(InputError, match="val_fraction"):
+        HighwayDataModule(path=str(files), val_fraction=1.0)
+    with pytest.raises(InputError, match="batch_size"):
+        HighwayDataModule(path=str(files), batch_size=0)
+
+
+def test_simulator_renders_moving_traffic():
+    frames = render_highway(20, size=64, seed=0)
+    assert frames.shape == (20, 64, 64) and frames.dtype == np.uint8
+    assert 50 < frames.mean() < 200 and frames.std() > 10  # grey road, white marks, light cars
+    differences = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2))
+    assert (differences > 0.5).all()  # every frame moves
+    np.testing.assert_array_equal(frames, render_highway(20, size=64, seed=0))
+
+
+def test_blank_or_frozen_render_is_an_error(monkeypatch):
+    from highway_env.envs.common.graphics import EnvViewer
+    from highway_env.envs.highway_env import HighwayEnvFast
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EnvViewer, "display", lambda self: None)  # draws nothing: black frames
+        with pytest.raises(RuntimeError, match="blank frame"):
+            render_highway(3)
+    monkeypatch.setattr(HighwayEnvFast, "step", lambda self, action: (None, 0, False, False, {}))
+    with pytest.raises(RuntimeError, match="frozen"):
+        render_highway(3)
+
+
+def test_rendered_video_is_cached_and_reused(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_render(num_frames: int, size: int, seed: int) -> np.ndarray:
+        calls.append(num_frames)
+        return numbered_frames(num_frames, size).copy()
+
+    monkeypatch.setattr(highway, "render_highway", fake_render)
+    data = HighwayDataModule(num_frames=50, cache_dir=str(tmp_path), batch_size=2)
+    data.prepare_data()
+    data.setup("fit")
+    data.setup("test")
+    HighwayDataModule(num_frames=50, cache_dir=str(tmp_path)).setup("test")
+    assert calls == [50]  # rendered once
+    train, test = sorted(tmp_path.glob("highway_*_train.h5")), sorted(tmp_path.glob("*_test.h5"))
+    assert len(train) == len(test) == 1 and "n50_64px_seed0" in train[0].name
+    with h5py.File(train[0]) as f:
+        assert f["highway_L"].shape == (40, 64, 64) and f["highway_L"].dtype == np.uint8
+    assert starts(torch.cat(list(data.test_dataloader())))[0] == 40  # the last 20 % in time
+    test[0].write_bytes(b"not hdf5")  # a broken cache is rendered again
+    HighwayDataModule(num_frames=50, cache_dir=str(tmp_path)).setup("test")
+    assert calls == [50, 50]
