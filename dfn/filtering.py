@@ -122,9 +122,24 @@ def result_dtype(*tensors: Tensor | None) -> torch.dtype:
     return result
 
 
-def _tap_filter(filters: Tensor, t: int) -> Tensor:
-    """Tap t of the filters, shaped to broadcast against [B, C, H, W]."""
-    return filters[:, None, t] if filters.dim() == 4 else filters[:, :, t]
+def _windows(padded: Tensor, kh: int, kw: int) -> Tensor:
+    """The unfolded input as a view, not a copy: [B, C, kh, kw, H, W], with
+    windows[.., i, j, y, x] = padded[.., y + i, x + j]."""
+    b, c, hp, wp = padded.shape
+    s0, s1, s2, s3 = padded.stride()
+    size = (b, c, kh, kw, hp - kh + 1, wp - kw + 1)
+    return padded.as_strided(size, (s0, s1, s2, s3, s2, s3), padded.storage_offset())
+
+
+def _tap_windows(windows: Tensor) -> list[Tensor]:
+    """The [B, C, H, W] window of each tap, in tap order (unbind: cheaper than slicing per tap)."""
+    return [window for row in windows.unbind(2) for window in row.unbind(2)]
+
+
+def _per_tap(windows: Tensor, filters: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """(window, filter) for each tap, the filter shaped to broadcast against [B, C, H, W]."""
+    tap_filters = (filters.unsqueeze(1) if filters.dim() == 4 else filters).unbind(2)
+    return list(zip(_tap_windows(windows), tap_filters, strict=True))
 
 
 class _ShiftLocalFilter(torch.autograd.Function):
@@ -132,7 +147,7 @@ class _ShiftLocalFilter(torch.autograd.Function):
 
     Forward: out = sum_t u[shift_t] * f_t, with u = pad(x + bias). Backward, per tap:
     grad u[shift_t] += g * f_t and grad f_t = g * u[shift_t] (summed over channels when the
-    filters are shared). Sums run in float32 whatever the input dtype; nothing of size
+    filters are shared). Sums run in float32 (float64 for float64 inputs); nothing of size
     kh*kw*|x| is ever allocated, and the filter tensor is read once per pass.
     """
 
@@ -143,15 +158,11 @@ class _ShiftLocalFilter(torch.autograd.Function):
         # half-precision inputs are summed in float32, float64 ones in float64
         dtype = torch.promote_types(result_dtype(x, filters, bias), torch.float32)
         padded = _padded_input(x, bias, kh, kw, dtype)
-        h, w = x.shape[2:]
         out = torch.empty_like(x, dtype=dtype)
-        for t in range(kh * kw):
-            i, j = divmod(t, kw)
-            shifted, f_t = padded[:, :, i : i + h, j : j + w], _tap_filter(filters, t)
-            if t == 0:
-                torch.mul(shifted, f_t, out=out)
-            else:
-                out.addcmul_(shifted, f_t)
+        taps = _per_tap(_windows(padded, kh, kw), filters)
+        torch.mul(*taps[0], out=out)
+        for window, tap_filter in taps[1:]:
+            out.addcmul_(window, tap_filter)
         ctx.save_for_backward(padded, filters)
         ctx.kernel_size = (kh, kw)
         ctx.x_dtype = x.dtype
@@ -170,15 +181,14 @@ class _ShiftLocalFilter(torch.autograd.Function):
         padded, filters = ctx.saved_tensors
         kh, kw = ctx.kernel_size
         need_x, need_filters, need_bias = ctx.needs_input_grad[:3]
-        h, w = grad_out.shape[2:]
         grad = grad_out.to(padded.dtype)
         grad_filters = _filter_grad(grad, padded, filters, kh, kw) if need_filters else None
         grad_x = grad_bias = None
         if need_x or need_bias:
             grad_padded = torch.zeros_like(padded)
-            for t in range(kh * kw):
-                i, j = divmod(t, kw)
-                grad_padded[:, :, i : i + h, j : j + w].addcmul_(grad, _tap_filter(filters, t))
+            for window, tap_filter in _per_tap(_windows(grad_padded, kh, kw), filters):
+                window.addcmul_(grad, tap_filter)
+            h, w = grad.shape[2:]
             grad_u = grad_padded[:, :, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
             if need_x:
                 grad_x = grad_u.to(dtype=ctx.x_dtype, memory_format=ctx.x_layout, copy=True)
@@ -199,27 +209,25 @@ def _filter_grad(grad: Tensor, padded: Tensor, filters: Tensor, kh: int, kw: int
     b, c, h, w = grad.shape
     per_channel = filters.dim() == 5
     grad_filters = torch.empty_like(filters)
-    s0, s1, s2, s3 = padded.stride()
-    # a view, not a copy: windows[.., i, j, y, x] = padded[.., y + i, x + j]
-    windows = padded.as_strided((b, c, kh, kw, h, w), (s0, s1, s2, s3, s2, s3))
+    windows = _windows(padded, kh, kw)
     same_dtype = grad_filters.dtype == padded.dtype
     if (per_channel or c == 1) and same_dtype:
-        # one op over all taps: no per-tap dispatch
+        # one op over all taps
         torch.mul(grad[:, :, None, None], windows, out=grad_filters.view(b, -1, kh, kw, h, w))
         return grad_filters
     # tap by tap, so that a shared filter's channel sum stays in cache (and in float32)
     scratch = None if per_channel or same_dtype else grad.new_empty(b, h, w)
-    for t in range(kh * kw):
-        shifted = windows[:, :, t // kw, t % kw]
+    targets = grad_filters.unbind(2 if per_channel else 1)
+    for target, window in zip(targets, _tap_windows(windows), strict=True):
         if per_channel:
-            torch.mul(grad, shifted, out=grad_filters[:, :, t])
+            torch.mul(grad, window, out=target)
             continue
-        total = grad_filters[:, t] if scratch is None else scratch
-        torch.mul(grad[:, 0], shifted[:, 0], out=total)
+        total = target if scratch is None else scratch
+        torch.mul(grad[:, 0], window[:, 0], out=total)
         for k in range(1, c):
-            total.addcmul_(grad[:, k], shifted[:, k])
+            total.addcmul_(grad[:, k], window[:, k])
         if scratch is not None:
-            grad_filters[:, t].copy_(scratch)
+            target.copy_(scratch)
     return grad_filters
 
 
