@@ -72,7 +72,8 @@ def device_name(trainer: L.Trainer) -> str:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+    processes = f" x{trainer.world_size} processes" if trainer.world_size > 1 else ""
+    return f"CPU {cpu}, {torch.get_num_threads()} threads{processes}"
 
 
 def write_metrics(output_dir: str | Path, metrics: dict, name: str = "metrics.json") -> Path:
@@ -108,6 +109,29 @@ def fit_and_test(cfg: DictConfig) -> dict:
     if cfg.get("test"):
         ckpt = "best" if metrics.get("best_checkpoint") else None
         metrics.update(scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)[0]))
+    if trainer.is_global_zero:
+        path = write_metrics(output_dir, metrics)
+        log.info("metrics: %s", path)
+        print(f"Run folder: {output_dir}")
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Test the checkpoint ``cfg.ckpt_path`` on the experiment's test set; write metrics.json."""
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        raise InputError(f"ckpt_path must name a checkpoint file, got {ckpt_path!r}")
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    datamodule, model, trainer = build(cfg)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    metrics = {
+        "experiment": cfg.name,
+        "parameters": model.num_parameters,
+        "steps": checkpoint["global_step"],
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "device": device_name(trainer),
+    }
+    metrics.update(scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)[0]))
     if trainer.is_global_zero:
         path = write_metrics(output_dir, metrics)
         log.info("metrics: %s", path)

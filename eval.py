@@ -1,0 +1,17 @@
+"""Evaluate a checkpoint on the experiment's test set:
+python eval.py experiment=moving_mnist ckpt_path=outputs/runs/.../checkpoints/step_020000.ckpt"""
+
+import hydra
+from omegaconf import DictConfig
+
+from dfn.run import evaluate, reporting_user_errors
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    with reporting_user_errors():
+        evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
