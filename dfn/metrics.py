@@ -23,7 +23,7 @@ METRICS = ("bce", "mse", "mae", "ssim", "psnr")
 
 def binary_cross_entropy(prediction: Tensor, target: Tensor) -> Tensor:
     """Elementwise BCE with the prediction clipped to [eps, 1 - eps], as the authors did."""
-    p = prediction.clamp(EPS, 1.0 - EPS)
+    p = prediction.float().clamp(EPS, 1.0 - EPS)
     return -(target * p.log() + (1.0 - target) * (1.0 - p).log())
 
 

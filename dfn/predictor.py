@@ -50,7 +50,8 @@ class DynamicFilterPredictor(nn.Module):
         """window [B, k, H, W] -> (prediction [B, 1, H, W], filters [B, taps, H, W] or None, hidden)."""
         generated, hidden = self.generator(window, hidden)
         if self.mode == "baseline":
-            prediction, filters = self.output(generated), None
+            # float32 before the clip: under bf16 autocast 1 - eps would round to 1.
+            prediction, filters = self.output(generated).float(), None
         else:
             filters, bias = self.filtering.split(generated)
             prediction = dynamic_local_filter(
