@@ -32,10 +32,13 @@ def reporting_user_errors() -> Iterator[None]:
     """Turn an InputError into one line on stderr and exit code 1 (HYDRA_FULL_ERROR=1: traceback)."""
     try:
         yield
-    except InputError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as e:
+        cause = e  # hydra.utils.instantiate wraps what a constructor raises
+        while cause is not None and not isinstance(cause, InputError):
+            cause = cause.__cause__
+        if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cause}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
