@@ -22,7 +22,7 @@ def flow_grid(filters: list[Tensor], kernel_size) -> Tensor:
     ``torchvision.utils.flow_to_image`` (hue = direction, saturation = length, normalised by the
     longest displacement in the row).
     """
-    flows = torch.cat([expected_displacement(f.detach().float(), kernel_size) for f in filters])
+    flows = torch.cat([expected_displacement(f.detach().float(), kernel_size) for f in filters]).float()
     return make_grid(flow_to_image(flows.cpu()), nrow=len(filters), padding=1, pad_value=255)
 
 
