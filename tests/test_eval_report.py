@@ -1,0 +1,138 @@
+"""eval.py and scripts/report.py on real smoke runs: eval reproduces the training run's test
+metrics, the report has every Table 1 row and writes its figures."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torchvision.io import decode_png, read_file
+
+from dfn.errors import InputError
+from dfn.reference_results import PAPER_RESULTS
+from dfn.run import evaluate
+from tests.conftest import ROOT, smoke_overrides
+
+# Moving MNIST with 2 input and 2 predicted frames: per-horizon metrics at a tenth of the cost.
+SHORT_VIDEO = ["data.num_frames=4", "model.num_input=2", "model.num_predicted=2"]
+RUNS = {
+    "stereo": ["experiment=stereo", *smoke_overrides("stereo")],
+    "moving_mnist": ["experiment=moving_mnist", *smoke_overrides("moving_mnist"), *SHORT_VIDEO],
+}
+
+
+def run_script(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def load_report_module():
+    spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def scores(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith("test/")}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """One train.py smoke run per entry of RUNS, run once for this module: name -> run folder."""
+    tmp = tmp_path_factory.mktemp("runs")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    jobs = {
+        name: subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp / name}",
+             f"paths.log_dir={tmp}", f"paths.data_dir={data_dir}"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for name, overrides in RUNS.items()
+    }
+    for name, job in jobs.items():
+        _, stderr = job.communicate(timeout=600)
+        assert job.returncode == 0, f"{name}: {stderr[-3000:]}"
+    return {name: tmp / name for name in RUNS}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_eval_reproduces_the_training_runs_test_metrics(smoke_runs, compose_cfg, tmp_path, name):
+    trained = json.loads((smoke_runs[name] / "metrics.json").read_text())
+    checkpoint = trained["best_checkpoint"]
+    cfg = compose_cfg([*RUNS[name], f"ckpt_path={checkpoint}"], config_name="eval")
+    metrics = evaluate(cfg)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written == pytest.approx(metrics)
+    assert written["checkpoint"] == str(Path(checkpoint).resolve())
+    assert written["steps"] == torch.load(checkpoint, weights_only=True)["global_step"]
+    assert written["parameters"] == trained["parameters"]
+    assert scores(written) == pytest.approx(scores(trained), rel=1e-5)
+    if name == "moving_mnist":  # per-horizon metrics for each predicted frame
+        assert {"test/bce_t1", "test/bce_t2", "test/copy_last/bce_t2"} <= written.keys()
+
+
+def test_eval_refuses_a_missing_checkpoint(compose_cfg, tmp_path):
+    cfg = compose_cfg(["experiment=stereo", f"ckpt_path={tmp_path / 'none.ckpt'}"],
+                      config_name="eval")
+    with pytest.raises(InputError, match="ckpt_path must name a checkpoint file"):
+        evaluate(cfg)
+
+
+def test_eval_cli_takes_the_training_overrides(smoke_runs, tmp_path, data_dir):
+    """data.test_path=... reaches the data: a test file whose right view IS the left view."""
+    frames = np.random.default_rng(0).random((3, 64, 80), dtype=np.float32)
+    test_file = tmp_path / "test.h5"
+    with h5py.File(test_file, "w") as f:
+        f["highway_L"], f["highway_R"] = frames, frames
+    checkpoint = json.loads((smoke_runs["stereo"] / "metrics.json").read_text())["best_checkpoint"]
+    result = run_script("eval.py", *RUNS["stereo"], f"ckpt_path={checkpoint}",
+                        f"data.test_path={test_file}", f"paths.log_dir={tmp_path}",
+                        f"paths.data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics_path,) = (tmp_path / "eval").glob("*_stereo/metrics.json")
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["test/copy_left/mse"] == 0.0
+    assert metrics["test/mse"] > 0.0
+    assert f"Run folder: {metrics_path.parent}" in result.stdout
+
+
+def test_report_has_every_table_1_row_and_its_figures(smoke_runs, tmp_path):
+    report = load_report_module()
+    out = report.main([str(p) for p in smoke_runs.values()] + ["--out", str(tmp_path / "R.md")])
+    text = out.read_text()
+    section = text.split("## Table 1")[1].split("## Runs")[0]
+    table = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    # every experiment of the paper: those not run, and the two runs numbered as their figures
+    not_run = {line.split("|")[1].strip() for line in table if "| not run |" in line}
+    assert not_run == set(PAPER_RESULTS) - {"moving_mnist", "stereo"}
+    run = [line.split("|")[1].strip() for line in table if "| not run |" not in line]
+    assert run == ["00_moving_mnist", "01_stereo"]
+    for name, label in (("moving_mnist", "00_moving_mnist"), ("stereo", "01_stereo")):
+        metrics = json.loads((smoke_runs[name] / "metrics.json").read_text())
+        row = next(line for line in table if line.startswith(f"| {label} "))
+        metric = PAPER_RESULTS[name].metric
+        assert f"**{report.number(metrics[metric])}**" in row
+        assert f"| {PAPER_RESULTS[name].paper} | {PAPER_RESULTS[name].authors_rerun} |" in row
+        assert "(short; paper 20,000)" in row
+    assert "copy last frame" in text and "copy left view" in text
+    figures = {Path(m) for m in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)}
+    assert {p.name for p in figures} >= {
+        "horizon_moving_mnist.png",
+        "00_moving_mnist_ground_truth_vs_prediction.png",
+        "00_moving_mnist_filter_flow.png",
+        "01_stereo_left_right_prediction.png",
+        "01_stereo_disparity_vs_ground_truth.png",
+    }
+    for path in figures:
+        image = decode_png(read_file(str(tmp_path / path)))
+        assert image.shape[0] in (3, 4) and min(image.shape[1:]) > 32

@@ -1,0 +1,103 @@
+"""Sweeps and scale-out on existing engines: a seed sweep summarised by the report, a 2-trial Optuna
+search, a 2-process DDP run (gloo on CPU), the SLURM launcher config."""
+
+import json
+import re
+import statistics
+from types import SimpleNamespace
+
+import hydra
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from dfn.run import evaluate, fit_and_test
+from tests.conftest import smoke_overrides
+from tests.test_eval_report import SHORT_VIDEO, load_report_module, run_script, scores
+
+
+def test_seed_sweep_gets_one_folder_per_job_and_a_mean_and_spread(tmp_path, data_dir):
+    result = run_script("train.py", "-m", "experiment=steerable", *smoke_overrides("steerable"),
+                        "seed=1,2", f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").glob("*_steerable")
+    jobs = sorted(sweep.glob("*/metrics.json"))
+    assert [p.parent.name for p in jobs] == ["0", "1"]
+    mse = [json.loads(p.read_text())["test/mse"] for p in jobs]
+    assert mse[0] != mse[1]  # the seeds train differently
+
+    report = load_report_module()
+    text = report.main([str(sweep), "--out", str(tmp_path / "report" / "R.md")]).read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| 00_steerable ")]
+    spread = f"{report.number(statistics.mean(mse))} ± {report.number(statistics.stdev(mse))}"
+    assert f"**{spread} (n=2)**" in row
+    assert "seed=" not in row  # the seed is what the row averages over
+
+
+def test_optuna_search_runs_two_trials(tmp_path, data_dir):
+    result = run_script(
+        "train.py", "hparams_search=moving_mnist_optuna", "experiment=moving_mnist",
+        *smoke_overrides("moving_mnist"), *SHORT_VIDEO, "trainer.max_steps=2",
+        "hydra.sweeper.n_trials=2", f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").glob("*_moving_mnist")
+    trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(trials) == 2
+    searched = {"model.optimizer.lr", "model.predictor.filtering.kernel_size", "generator_width"}
+    for job in ("0", "1"):
+        overrides = yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml").read_text())
+        assert searched <= {o.split("=")[0] for o in overrides}
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(min(t["val/loss_best"] for t in trials))
+    assert set(best["best_params"]) == searched
+
+
+@pytest.mark.parametrize("experiment", ["steerable", "stereo", "moving_mnist"])
+def test_each_rank_draws_its_own_training_stream(compose_cfg, experiment):
+    cfg = compose_cfg([f"experiment={experiment}", *smoke_overrides(experiment)])
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    indices, batches = [], []
+    for rank in (0, 1):
+        datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        loader = datamodule.train_dataloader()
+        indices.append(set(loader.sampler))
+        batches.append(next(iter(loader)))
+    assert indices[0].isdisjoint(indices[1])
+    first = [b["left"] if isinstance(b, dict) else b[0] for b in batches]
+    assert not torch.equal(*first)
+
+
+def test_two_process_ddp_run_matches_a_single_process_run(compose_cfg, tmp_path, data_dir):
+    overrides = ["experiment=steerable", *smoke_overrides("steerable")]
+    result = run_script("train.py", *overrides, "trainer=ddp", "trainer.accelerator=cpu",
+                        "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}",
+                        f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single = fit_and_test(compose_cfg(overrides))
+    assert ddp.keys() == single.keys()
+    assert ddp["steps"] == single["steps"] == 4
+    assert ddp["device"].endswith("x2 processes")
+    # only rank 0 reports: one run folder line, one process's TensorBoard files
+    assert len(re.findall(r"^Run folder: ", result.stdout, re.MULTILINE)) == 1
+    writers = {p.name.split(".")[-2] for p in (tmp_path / "ddp" / "tensorboard").glob("events.*")}
+    assert len(writers) == 1
+    # test metrics reduced over both ranks equal one process testing the same checkpoint
+    cfg = compose_cfg([*overrides, f"ckpt_path={ddp['best_checkpoint']}"], config_name="eval")
+    assert scores(ddp) == pytest.approx(scores(evaluate(cfg)), rel=1e-5)
+
+
+def test_slurm_launcher_config_composes(compose_cfg):
+    cfg = compose_cfg(["experiment=moving_mnist", "hydra/launcher=slurm",
+                       "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
+                       "hydra.launcher.tasks_per_node=4", "trainer=ddp", "trainer.devices=4"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["_target_"] == (
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    assert (launcher["partition"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (
+        "gpu", 4, 4)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4
