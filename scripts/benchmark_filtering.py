@@ -1,14 +1,16 @@
 """Benchmark the dynamic local filter's implementations on the paper's shapes.
 
-    python scripts/benchmark_filtering.py [--device cpu|cuda] [--min-time SECONDS]
+    python scripts/benchmark_filtering.py [--device cpu|cuda] [--threads N] [--min-time SECONDS]
 
 For each shape, forward (no grad) and forward+backward of every implementation available on the
-device (the unfold reference, shift, and Triton on CUDA), in one process: the median time over
-interleaved repetitions (with the interquartile range, since shared machines are noisy), the
-speed-up over the reference, the ratio to the memory-traffic lower bound (the bytes the op must
-read and write at this machine's copy bandwidth, measured in the same run), and the peak memory
-allocated during one forward+backward call, outputs and gradients included, as a multiple of the
-filter tensor's size. Prints a Markdown table (docs/PERFORMANCE.md).
+device (the unfold reference, shift, and Triton on CUDA), in one process: the median wall time
+over interleaved repetitions (with the interquartile range), the speed-up over the reference, the
+ratio to the memory-traffic lower bound (the bytes the op must read and write, at this machine's
+copy bandwidth measured in the same run), and the peak memory allocated during one
+forward+backward call, outputs and gradients included, as a multiple of the filter tensor's
+size. On CPU it also reports the process CPU time per call: with one thread it is the time the
+op would take on an idle core, which wall time on a shared, loaded machine is not.
+Prints Markdown (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -65,25 +68,56 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def copy_bandwidth(device: torch.device) -> float:
-    """Bytes read + written per second by a copy between preallocated tensors larger than caches."""
+@dataclass(frozen=True)
+class Timing:
+    wall: float
+    cpu: float  # process CPU time, all threads
+
+
+def timed(call: Callable[[], None], device: torch.device) -> Timing:
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    synchronize(device)
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def copy_bandwidth(device: torch.device) -> Timing:
+    """Bytes read + written per second (wall, CPU) by a copy between tensors larger than caches."""
     numel = 1 << 28 if device.type == "cuda" else 1 << 26  # 1 GiB or 256 MiB of float32
     src = torch.rand(numel, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)  # touch the pages once, so the timing sees no page faults
-    times = []
-    for _ in range(10):
-        synchronize(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 2 * src.numel() * src.element_size() / statistics.median(times)
+    times = [timed(lambda: dst.copy_(src), device) for _ in range(10)]
+    moved = 2 * src.numel() * src.element_size()
+    return Timing(
+        *(moved / statistics.median(getattr(t, f) for t in times) for f in ("wall", "cpu"))
+    )
+
+
+def first_touch_cost(numel: int) -> tuple[float, float]:
+    """Median seconds to fill a fresh CPU tensor, and to refill one already written.
+
+    The difference is the page faults a fresh allocation pays: tensors above glibc's mmap
+    threshold (32 MB at most) come back from the kernel on every allocation.
+    """
+    times: dict[bool, list[float]] = {True: [], False: []}
+    kept = torch.empty(numel)
+    kept.fill_(0)
+    for _ in range(5):
+        for fresh in (True, False):
+            start = time.perf_counter()
+            (torch.empty(numel) if fresh else kept).fill_(1)
+            times[fresh].append(time.perf_counter() - start)
+    return statistics.median(times[True]), statistics.median(times[False])
 
 
 def traffic_bytes(inputs: list[torch.Tensor | None], backward: bool) -> int:
-    """Bytes that must move: read x, filters, bias, write out; backward also reads grad_out
-    and the inputs again and writes one gradient per input."""
+    """Bytes the op must move at the least.
+
+    Forward reads x, filters and bias and writes the output; backward reads grad_out and the
+    inputs again and writes one gradient per input.
+    """
     present = [t for t in inputs if t is not None]
     x = present[0]
     size = sum(t.numel() * t.element_size() for t in present)
@@ -115,32 +149,26 @@ def clear_grads(inputs: list[torch.Tensor | None]) -> None:
             t.grad = None
 
 
-def timed(call: Callable[[], None], inputs, device: torch.device) -> float:
-    clear_grads(inputs)
-    synchronize(device)
-    start = time.perf_counter()
-    call()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def time_impls(
     calls: dict[str, Callable[[], None]], inputs, device: torch.device, min_time: float
-) -> dict[str, list[float]]:
+) -> dict[str, list[Timing]]:
     """Interleaved repetitions: each round runs every impl, each for about the same time."""
+
+    def run(call: Callable[[], None]) -> Timing:
+        clear_grads(inputs)
+        return timed(call, device)
+
     for call in calls.values():  # warm-up: allocator, Triton compilation, caches
-        for _ in range(2):
-            timed(call, inputs, device)
-    first = {
-        impl: min(timed(call, inputs, device) for _ in range(2)) for impl, call in calls.items()
-    }
+        run(call)
+        run(call)
+    first = {impl: min(run(call).wall for _ in range(2)) for impl, call in calls.items()}
     slowest = max(first.values())
     repeats = {impl: min(20, max(1, round(slowest / t))) for impl, t in first.items()}
     rounds = min(30, max(5, math.ceil(min_time / (slowest * len(calls)))))
-    samples: dict[str, list[float]] = {impl: [] for impl in calls}
+    samples: dict[str, list[Timing]] = {impl: [] for impl in calls}
     for _ in range(rounds):
         for impl, call in calls.items():
-            samples[impl] += [timed(call, inputs, device) for _ in range(repeats[impl])]
+            samples[impl] += [run(call) for _ in range(repeats[impl])]
     return samples
 
 
@@ -157,9 +185,10 @@ def peak_extra_memory(call: Callable[[], None], inputs, device: torch.device) ->
     # CPU: replay the profiler's allocation and free events in order
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         call()
-    with tempfile.NamedTemporaryFile(suffix=".json") as trace:
-        prof.export_chrome_trace(trace.name)
-        events = json.load(open(trace.name))["traceEvents"]
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
     memory = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
     allocated = peak = 0
     for event in memory:
@@ -169,8 +198,8 @@ def peak_extra_memory(call: Callable[[], None], inputs, device: torch.device) ->
 
 
 def quartiles(samples: list[float]) -> tuple[float, float, float]:
-    q1, median, q3 = statistics.quantiles(samples, n=4)
-    return q1, statistics.median(samples), q3
+    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q1, median, q3
 
 
 def cpu_model() -> str:
@@ -188,54 +217,76 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default_device, choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--only", help="run the shapes whose name contains this text")
     parser.add_argument(
         "--min-time", type=float, default=3.0, help="seconds of timing per case and pass"
     )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    impls = ["reference", "shift"] + (
-        ["triton"] if device.type == "cuda" and triton_available() else []
-    )
+    on_cpu = device.type == "cpu"
+    impls = ["reference", "shift"] + (["triton"] if not on_cpu and triton_available() else [])
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    name = cpu_model() if on_cpu else torch.cuda.get_device_name(device)
     bandwidth = copy_bandwidth(device)
-    load = os.getloadavg()
     print(f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}")
     print(f"- device: {name}; torch {torch.__version__}; {torch.get_num_threads()} threads")
-    print(f"- copy bandwidth (read + write, 256 MiB+ copy): {bandwidth / 1e9:.1f} GB/s")
-    print(f"- load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    print()
     print(
-        "| shape | impl | fwd ms (IQR) | fwd speed-up | fwd / bound "
-        "| fwd+bwd ms (IQR) | fwd+bwd speed-up | fwd+bwd / bound | peak extra (fwd+bwd) |"
+        f"- copy bandwidth (read + write, {'1 GiB' if not on_cpu else '256 MiB'} copy): "
+        f"{bandwidth.wall / 1e9:.1f} GB/s"
+        + (f" (per CPU second: {bandwidth.cpu / 1e9:.1f} GB/s)" if on_cpu else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for case in CASES:
-        rows: dict[str, list[str]] = {impl: [] for impl in impls}
-        peak: dict[str, int] = {}
+    if on_cpu:
+        largest = max(c.batch * c.kernel[0] * c.kernel[1] * c.size[0] * c.size[1] for c in CASES)
+        fresh, refill = first_touch_cost(largest)
+        print(
+            f"- filling a fresh {largest * 4 / MB:.0f} MB tensor: {fresh * 1e3:.1f} ms; "
+            f"refilling it: {refill * 1e3:.1f} ms (page faults; THP_MEM_ALLOC_ENABLE="
+            f"{os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')})"
+        )
+        print("- load average before: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
+    print()
+    cpu_head = " CPU ms | CPU speed-up | CPU / bound |" if on_cpu else ""
+    print(f"| shape | pass | impl | ms (IQR) | speed-up | / bound |{cpu_head} peak extra |")
+    print("|---" * (7 + 3 * on_cpu) + "|")
+    for case in [c for c in CASES if args.only is None or args.only in c.name]:
         for backward in (False, True):
             inputs = case.inputs(device, requires_grad=backward)
             calls = {impl: make_call(impl, case, inputs, backward) for impl in impls}
             samples = time_impls(calls, inputs, device, args.min_time)
-            bound = traffic_bytes(inputs, backward) / bandwidth
-            reference = statistics.median(samples["reference"])
+            moved = traffic_bytes(inputs, backward)
+            filter_bytes = inputs[1].numel() * inputs[1].element_size()
+            reference = {f: statistics.median(getattr(t, f) for t in samples["reference"])
+                         for f in ("wall", "cpu")}  # fmt: skip
             for impl in impls:
-                q1, median, q3 = quartiles(samples[impl])
-                rows[impl] += [
-                    f"{median * 1e3:.1f} ({q1 * 1e3:.1f}-{q3 * 1e3:.1f})",
-                    f"{reference / median:.1f}x",
-                    f"{median / bound:.1f}",
+                q1, wall, q3 = quartiles([t.wall for t in samples[impl]])
+                cells = [
+                    case.name,
+                    "fwd+bwd" if backward else "fwd",
+                    impl,
+                    f"{wall * 1e3:.1f} ({q1 * 1e3:.1f}-{q3 * 1e3:.1f})",
+                    f"{reference['wall'] / wall:.1f}x",
+                    f"{wall * bandwidth.wall / moved:.1f}",
                 ]
-            if backward:
-                peak = {impl: peak_extra_memory(calls[impl], inputs, device) for impl in impls}
-                filter_bytes = inputs[1].numel() * inputs[1].element_size()
+                if on_cpu:
+                    cpu = statistics.median(t.cpu for t in samples[impl])
+                    cells += [
+                        f"{cpu * 1e3:.1f}",
+                        f"{reference['cpu'] / cpu:.1f}x",
+                        f"{cpu * bandwidth.cpu / moved:.1f}",
+                    ]
+                if backward:
+                    peak = peak_extra_memory(calls[impl], inputs, device)
+                    cells.append(f"{peak / MB:.0f} MB = {peak / filter_bytes:.2f}x filters")
+                else:
+                    cells.append("")
+                print("| " + " | ".join(cells) + " |")
             del inputs, calls
-        for impl in impls:
-            extra = f"{peak[impl] / MB:.0f} MB = {peak[impl] / filter_bytes:.2f}x filters"
-            print(f"| {case.name} | {impl} | " + " | ".join(rows[impl]) + f" | {extra} |")
-    load = os.getloadavg()
-    print()
-    print(f"- load average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    if on_cpu:
+        print()
+        print("- load average after: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
