@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -10,8 +8,6 @@ from PIL import Image
 
 from dfn.errors import InputError
 from scripts.video_to_h5 import convert, main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def square_frames(count: int, height: int = 96, width: int = 128) -> np.ndarray:
@@ -114,20 +110,11 @@ def test_bad_inputs_exit_with_one_line_and_leave_no_file(tmp_path, capsys):
         convert([left], tmp_path / "x", test_fraction=0.01)
 
 
-def test_command_line(tmp_path):
+def test_command_line_prints_the_files(tmp_path, capsys):
     video = write_video(tmp_path / "square.avi", square_frames(10))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/video_to_h5.py",
-            str(video),
-            "-o",
-            str(tmp_path / "c"),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(tmp_path / "c_train.h5"), str(tmp_path / "c_test.h5")]
+    assert main([str(video), "-o", str(tmp_path / "c"), "--size", "16", "--quiet"]) == 0
+    assert capsys.readouterr().out.split() == [
+        str(tmp_path / "c_train.h5"),
+        str(tmp_path / "c_test.h5"),
+    ]
+    assert read(tmp_path / "c_test.h5")["highway_L"].shape == (2, 16, 16)
