@@ -106,7 +106,7 @@ class Row:
 
     @property
     def name(self) -> str:
-        return "_".join([self.experiment, *(["eval"] if self.job == "eval" else [])])
+        return self.experiment + ("_eval" if self.job == "eval" else "")
 
     def values(self, key: str) -> list[float]:
         return [r.metrics[key] for r in self.runs if key in r.metrics]
@@ -116,7 +116,7 @@ class Row:
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
-    runs = []
+    runs: dict[Path, Run] = {}  # a run named twice counts once
     for path in paths:
         if not path.is_dir():
             raise InputError(f"{path} is not a folder; give run or sweep folders")
@@ -130,8 +130,9 @@ def find_runs(paths: list[Path]) -> list[Run]:
             overrides = (
                 list(OmegaConf.load(hydra_dir / "overrides.yaml")) if hydra_dir.is_dir() else []
             )
-            runs.append(Run(folder, json.loads(metrics_path.read_text()), config, overrides))
-    return runs
+            metrics = json.loads(metrics_path.read_text())
+            runs[folder.resolve()] = Run(folder, metrics, config, overrides)
+    return list(runs.values())
 
 
 def group_runs(runs: list[Run]) -> list[Row]:
@@ -339,7 +340,8 @@ def write_report(run_dirs: list[Path], out: Path, command: str) -> Path:
     if short:
         lines += ["", "**Runs marked *short* trained fewer steps than the paper's schedule "
                   "(smoke or debug runs): their numbers only show that the pipeline works and "
-                  "are not comparable with the paper's.**"]
+                  "are not comparable with the paper's. The paper's schedules on one GPU: "
+                  "`scripts/reproduce.sh`.**"]
     lines += ["", "## Table 1", "", "Rows are numbered as their figures are.", "",
               *table_1(rows), ""]
     if any(r.experiment.startswith("moving_mnist") for r in rows):
