@@ -11,22 +11,26 @@ The simulated camera. A square top-down view of 32 m x 32 m over a straight 7-la
 of road, 2 m of verge either side), rendered at 256 x 256 and box-averaged to 64 x 64 (2 px per
 metre; a car, 5 m x 2 m, is 10 x 4 px). The camera rides with one car in the middle of the
 traffic and stays centred on the road, like a dashcam looking down: the road slides under it and
-cars drift relative to it. 12 frames per second, one simulation step per frame (policy frequency
-= simulation frequency), so 20,000 frames are 28 minutes of driving, like the authors' 30-minute
-video. All cars, the ego car included, drive by IDM and MOBIL lane changes; the 30 cars live on a
-200 m ring around the camera (a car that falls more than 100 m behind is moved 200 m ahead in its
-lane once there is room, and vice versa), so the traffic keeps its density. Episodes end after
-120 s or when the ego car crashes, and a new one starts (a scene cut about every 1,440 frames).
+cars drift relative to it. 10 frames per second, one simulation step per frame (policy frequency
+= simulation frequency), so 20,000 frames are 33 minutes of driving, like the authors' 30-minute
+video. All cars, the ego car included, drive by IDM and MOBIL lane changes; the 36 cars live on a
+160 m ring around the camera (a car that falls more than 80 m behind is moved 160 m ahead in its
+lane once there is room, and vice versa), so the traffic keeps its density, with jams and free
+flow. Episodes end after 120 s or when the ego car crashes, and a new one starts (a scene cut
+about every 1,200 frames). highway-env's default view (600 x 150 px at 5.5 px per metre, 4
+lanes) shrunk to 64 x 64 is a thin road in a grey field with 2-px cars; this one is all road.
 
-Measured on 2,000 frames at these settings (seed 0), in 64 x 64 pixels per frame: the road
-(lane marks, whose 4.33 m period is 8.7 px) moves 3.1 px on average and 3.6 px at most, since the
-camera car drives at 12-22 m/s; cars move -0.9 to +1.9 px relative to the camera (1st-99th
-percentile -0.7 to +1.0); so every displacement is within the 11 x 11 filter's reach of +-5 px.
-Block matching of textured 8 x 8 blocks between consecutive frames (search +-8 px, ties to the
-smaller shift) agrees: 99.9 % of the best matches lie within +-5 px. On average 5.0 cars are in
-view (2 to 9), besides the camera's own. The default view of highway-env (600 x 150 px at 5.5 px
-per metre, 4 lanes) shrunk to 64 x 64 is a thin road in a grey field with 2-px cars.
-Rendering 20,000 frames took 6.4 minutes on 2 shared CPU cores.
+Motion, measured from the simulator's speeds over the 20,000 default frames (seed 0), in 64 x 64
+pixels per frame: the road (lane marks) moves 2.7 px on average and 4.0 px at most (the camera
+car drives at 1-24 m/s; IDM keeps it under its target speed, drawn in 21-24 m/s: 4.8 px); cars move
+-3.1 to +3.3 px relative to the camera (1st-99th percentile -1.1 to +1.5), at most 0.9 px
+sideways. Every displacement is within the 11 x 11 filter's reach of +-5 px. On average 5.5 cars
+are in view (2 to 10) besides the camera's own. Block matching of consecutive frames (textured
+16 x 16 blocks, quarter-pixel steps, 300 pairs) agrees: the best shift within +-5 px leaves a mean
+absolute error of 3.3 grey levels, the best within +-8 px 3.2, no motion 5.8 (the road marks
+repeat every 8 px across and 8.7 px along the road, so the matcher cannot do better than that).
+Consecutive frames differ by 4.4 grey levels on average, 2.0 at least. Rendering 20,000 frames
+took 5.0 minutes here (2 CPU cores shared with other jobs; 15-25 ms per frame).
 
 Split and sampling. The first 80 % of the rendered frames (16,000 of 20,000) are the training
 file, the last 20 % the test file, as in the paper. Validation holds out the last
@@ -268,9 +272,10 @@ class HighwayDataModule(LightningDataModule):
     """Windows of ``num_input + num_predicted`` consecutive 64x64 frames of highway video.
 
     ``path`` (a folder with ``train.h5`` / ``test.h5``, or a prefix of ``_train.h5`` /
-    ``_test.h5``), ``train_path`` and ``test_path`` name the authors' files; without any, the
-    simulated video of ``num_frames`` frames (seed ``render_seed``) is rendered into
-    ``cache_dir`` once. An epoch is ``steps_per_epoch`` freshly sampled training batches.
+    ``_test.h5``) names the authors' files, ``train_path`` / ``test_path`` single files (they
+    override ``path``'s); without any, the simulated video of ``num_frames`` frames (seed
+    ``render_seed``) is rendered into ``cache_dir`` once. An epoch is ``steps_per_epoch``
+    freshly sampled training batches.
     """
 
     def __init__(
