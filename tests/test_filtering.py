@@ -103,6 +103,23 @@ def test_shift_low_precision_sums_in_float32(dtype, per_channel):
         torch.testing.assert_close(value.double(), expected_value, rtol=0, atol=atol)
 
 
+def test_shift_mixed_dtypes_promote_like_reference():
+    # e.g. float32 frames with bfloat16 filters from a generator run under autocast
+    x, filters, bias = make_inputs(1, 2, (5, 6), (3, 3), False, 1, dtype=torch.float32)
+    filters = filters.detach().bfloat16().requires_grad_()
+    expected, expected_grads = value_and_grads(
+        lambda *a: dynamic_local_filter_reference(*a[:2], 3, a[2]), x, filters, bias
+    )
+    got, grads = value_and_grads(
+        lambda *a: dynamic_local_filter(*a[:2], 3, a[2], impl="shift"), x, filters, bias
+    )
+    assert got.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert grad.dtype == expected_grad.dtype
+        torch.testing.assert_close(grad, expected_grad, atol=1e-2, rtol=1e-2)
+
+
 def test_shift_channels_last_input():
     x, filters, bias = make_inputs(2, 3, (6, 9), (3, 5), False, 3)
     x_last = x.detach().to(memory_format=torch.channels_last).requires_grad_()
