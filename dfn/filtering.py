@@ -15,6 +15,7 @@ Triton on CUDA when it imports, otherwise shift. docs/PERFORMANCE.md has the mea
 from __future__ import annotations
 
 import functools
+import os
 from typing import Literal
 
 import torch
@@ -251,6 +252,9 @@ def dynamic_local_filter(
     if impl == "reference":
         return dynamic_local_filter_reference(x, filters, (kh, kw), bias)
     if impl == "triton":
+        # Triton's interpreter (TRITON_INTERPRET=1, used by the tests) also runs on CPU
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise InputError(f"impl='triton' needs CUDA tensors, got x on {x.device}")
         if not triton_available():
             raise InputError("impl='triton' needs the triton package, which does not import here")
         from dfn.triton_filtering import triton_local_filter

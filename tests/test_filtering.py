@@ -164,6 +164,13 @@ def test_impl_choice_and_module():
         DynamicLocalFilter(3, impl="cuda")
 
 
+def test_triton_impl_needs_cuda(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, filters, _ = make_inputs(1, 1, (4, 5), (3, 3), False, None)
+    with pytest.raises(InputError, match="needs CUDA tensors, got x on cpu"):
+        dynamic_local_filter(x, filters, 3, impl="triton")
+
+
 @pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed")
 def test_triton_kernels_in_interpreter():
     """The Triton kernels, run by Triton's CPU interpreter on small shapes against the reference.
