@@ -148,8 +148,9 @@ class _ShiftLocalFilter(torch.autograd.Function):
 
     Forward: out = sum_t u[shift_t] * f_t, with u = pad(x + bias). Backward, per tap:
     grad u[shift_t] += g * f_t and grad f_t = g * u[shift_t] (summed over channels when the
-    filters are shared). Sums run in float32 (float64 for float64 inputs); nothing of size
-    kh*kw*|x| is ever allocated, and the filter tensor is read once per pass.
+    filters are shared). Sums run in float32 (float64 for float64 inputs). The unfolded input is
+    only ever a strided view; besides the outputs, nothing larger than the padded input is
+    allocated, and each pass reads the filter tensor once.
     """
 
     @staticmethod
