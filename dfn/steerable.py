@@ -93,10 +93,10 @@ class SteerableFilterTask(DFNTask):
 
     def on_test_epoch_end(self) -> None:
         mse, mean, mean_sq = (self.test_means[k].compute() for k in ("mse", "target", "target_sq"))
-        self.log_dict({
-            "test/mse": mse,
-            "test/relative_mse": mse / (mean_sq - mean**2),
-            "test/filter_cosine": self.filter_cosine(),
+        self.log_test_metrics({
+            "mse": mse,
+            "relative_mse": mse / (mean_sq - mean**2),
+            "filter_cosine": self.filter_cosine(),
         })
         for metric in self.test_means.values():
             metric.reset()
