@@ -15,6 +15,15 @@ import numpy as np
 from dfn.errors import InputError
 
 
+def split_paths(path: str | Path) -> tuple[Path, Path]:
+    """The (train, test) files a ``path`` names: ``DIR/train.h5`` and ``DIR/test.h5`` for a
+    folder, else ``PREFIX_train.h5`` and ``PREFIX_test.h5``."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "train.h5", path / "test.h5"
+    return path.with_name(f"{path.name}_train.h5"), path.with_name(f"{path.name}_test.h5")
+
+
 def write_h5_atomic(path: str | Path, arrays: dict[str, np.ndarray], **attrs) -> Path:
     """Write ``arrays`` as datasets of one HDF5 file; the file appears only once complete."""
     path = Path(path)
@@ -41,7 +50,8 @@ def read_frames(path: str | Path, dataset: str, min_frames: int = 1) -> np.ndarr
         with h5py.File(path, "r") as f:
             if dataset not in f:
                 raise InputError(
-                    f"{path} has no dataset '{dataset}' (found {sorted(f.keys())}; expected {expected})"
+                    f"{path} has no dataset '{dataset}' (found {sorted(f.keys())}; "
+                    f"expected {expected})"
                 )
             data = f[dataset]
             if data.ndim != 3:

@@ -54,7 +54,7 @@ from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.h5 import read_frames, write_h5_atomic
+from datamodules.h5 import read_frames, split_paths, write_h5_atomic
 from datamodules.stream import StreamSampler, sample_rng
 from dfn.errors import InputError
 
@@ -64,15 +64,6 @@ DATASET = "highway_L"
 TEST_FRACTION = 0.2  # 16,000 train / 4,000 test frames of 20,000, as in the paper
 RENDER_VERSION = 1  # bump when the renderer changes, so old caches are not reused
 SUPERSAMPLE = 4  # rendered at 4x the image size, then box-averaged: antialiasing
-
-
-def split_paths(path: str | Path) -> tuple[Path, Path]:
-    """The (train, test) files a ``path`` names: ``DIR/train.h5`` and ``DIR/test.h5`` for a
-    folder, else ``PREFIX_train.h5`` and ``PREFIX_test.h5``."""
-    path = Path(path)
-    if path.is_dir():
-        return path / "train.h5", path / "test.h5"
-    return path.with_name(f"{path.name}_train.h5"), path.with_name(f"{path.name}_test.h5")
 
 
 def to_gray(image: np.ndarray, size: int) -> np.ndarray:

@@ -29,8 +29,9 @@ columns 0, 7): it tracks the fit, not generalisation. Limits: the train and test
 different parts of one scene (rear wheel and bench / front wheel and shelves), the test set has
 only 64x100 distinct pixels, and at crop borders the matching pixel may lie outside the crop.
 
-User data (the authors' format): ``path=DIR`` holding ``train.h5`` and ``test.h5`` (or
-``train_path`` / ``test_path``), each with equally shaped ``highway_L`` and ``highway_R``
+User data (the authors' format): ``path=DIR`` holding ``train.h5`` and ``test.h5``, or
+``path=PREFIX`` for ``PREFIX_train.h5`` and ``PREFIX_test.h5`` (or ``train_path`` /
+``test_path``), each with equally shaped ``highway_L`` and ``highway_R``
 frames. Training draws random ``crop_size`` crops (whole frames when they are that size) without
 augmentation; the last tenth of the training frames (at least one) is held out for validation;
 validation and test use centre crops. There is no ground truth: "disparity" is all NaN.
@@ -50,7 +51,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.h5 import read_frames
+from datamodules.h5 import read_frames, split_paths
 from datamodules.stream import StreamSampler, sample_rng
 from dfn.errors import InputError
 
@@ -251,11 +252,12 @@ class StereoDataModule(LightningDataModule):
         self.save_hyperparameters()
         if path is not None and Path(path).is_file():
             raise InputError(
-                f"path={path} is a file; path is a folder holding train.h5 and test.h5 "
-                "(use train_path / test_path for single files)"
+                f"path={path} is a file; path is a folder holding train.h5 and test.h5, or the "
+                "prefix of PREFIX_train.h5 and PREFIX_test.h5 (train_path / test_path name files)"
             )
-        self.train_path = train_path or (str(Path(path) / "train.h5") if path else None)
-        self.test_path = test_path or (str(Path(path) / "test.h5") if path else None)
+        default_train, default_test = split_paths(path) if path else (None, None)
+        self.train_path = train_path or (str(default_train) if path else None)
+        self.test_path = test_path or (str(default_test) if path else None)
         self.user_data = self.train_path is not None or self.test_path is not None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from datamodules.h5 import write_h5_atomic
-from datamodules.highway import split_paths, to_gray
+from datamodules.h5 import split_paths, write_h5_atomic
+from datamodules.highway import to_gray
 from dfn.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}

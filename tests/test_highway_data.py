@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from datamodules import highway
-from datamodules.h5 import write_h5_atomic
-from datamodules.highway import HighwayDataModule, render_highway, split_paths
+from datamodules.h5 import split_paths, write_h5_atomic
+from datamodules.highway import HighwayDataModule, render_highway
 from dfn.errors import InputError
 
 
