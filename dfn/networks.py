@@ -20,7 +20,7 @@ Layer = int | str
 
 
 def he_uniform_(module: nn.Module) -> None:
-    """The authors' init: weights U(-sqrt(3/fan_in), +sqrt(3/fan_in)) (He-uniform, gain 1), zero biases."""
+    """The authors' init: weights U(-sqrt(3/fan_in), sqrt(3/fan_in)) (He-uniform), zero biases."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
             fan_in = m.weight[0].numel()
@@ -112,7 +112,8 @@ class FilterGenerator(nn.Module):
         self.decoder, channels, out_size = conv_stack(list(decoder), channels, inner)
         if out_size != size:
             raise InputError(
-                f"the generator maps {size} to {out_size}; the decoder must undo the encoder's strides"
+                f"the generator maps {size} to {out_size}; "
+                "the decoder must undo the encoder's strides"
             )
         head_layers: list[nn.Module] = []
         for width in head:

@@ -28,6 +28,7 @@ class DynamicFilterPredictor(nn.Module):
         mode: Literal["dfn", "baseline"] = "dfn",
         frames_per_step: int = 1,
         clip_output: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if mode not in ("dfn", "baseline"):
@@ -36,6 +37,8 @@ class DynamicFilterPredictor(nn.Module):
         self.generator = generator(
             in_channels=frames_per_step, out_channels=filtering.generated_channels
         )
+        if compile:  # torch.compile the per-step network in place; the state dict is unchanged
+            self.generator.compile()
         self.filtering = filtering
         self.mode = mode
         self.frames_per_step = frames_per_step
@@ -47,7 +50,7 @@ class DynamicFilterPredictor(nn.Module):
     def step(
         self, window: Tensor, hidden: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """window [B, k, H, W] -> (prediction [B, 1, H, W], filters [B, taps, H, W] or None, hidden)."""
+        """window [B, k, H, W] -> prediction [B, 1, H, W], filters [B, taps, H, W] or None, h."""
         generated, hidden = self.generator(window, hidden)
         if self.mode == "baseline":
             # float32 before the clip: under bf16 autocast 1 - eps would round to 1.

@@ -22,7 +22,8 @@ def flow_grid(filters: list[Tensor], kernel_size) -> Tensor:
     ``torchvision.utils.flow_to_image`` (hue = direction, saturation = length, normalised by the
     longest displacement in the row).
     """
-    flows = torch.cat([expected_displacement(f.detach().float(), kernel_size) for f in filters]).float()
+    flows = torch.cat([expected_displacement(f.detach().float(), kernel_size) for f in filters])
+    flows = flows.float()  # einsum may run in bf16 under autocast
     return make_grid(flow_to_image(flows.cpu()), nrow=len(filters), padding=1, pad_value=255)
 
 
@@ -38,6 +39,6 @@ def filter_grid(filters: Tensor, kernel_size, nrow: int = 8) -> Tensor:
 
 
 def colorize(values: Tensor, lo: float, hi: float) -> Tensor:
-    """[N, 1, H, W] scalars -> grayscale images in [0, 1] over the fixed range [lo, hi]; NaN is 0."""
+    """[N, 1, H, W] scalars -> grayscale images in [0, 1] over the range [lo, hi]; NaN is 0."""
     v = ((values.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
     return torch.nan_to_num(v, nan=0.0)

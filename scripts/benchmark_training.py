@@ -1,0 +1,94 @@
+"""Iterations per second of a full training step (rollout forward, backward, Adam) under
+several settings that keep the maths, measured in one process against the float32 default.
+
+    python scripts/benchmark_training.py experiment=moving_mnist --batch-size 4 --steps 3
+    python scripts/benchmark_training.py experiment=highway --variants fp32,bf16
+
+Each variant builds the experiment's real model from its config (the same seed, the same
+batch), runs one warm-up step, then times ``--steps`` steps; the table gives the median step
+time and the speed-up over float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import hydra
+import torch
+from hydra import compose, initialize_config_dir
+
+from dfn.run import PROJECT_ROOT
+
+VARIANTS = {
+    "fp32": {},
+    "channels_last": {"channels_last": True},
+    "bf16": {"bf16": True},
+    "bf16+channels_last": {"bf16": True, "channels_last": True},
+    "compile": {"compile": True},
+    "bf16+compile": {"bf16": True, "compile": True},
+}
+
+
+def make_batch(cfg, batch_size: int) -> object:
+    if "num_input" in cfg.model:
+        frames = cfg.model.num_input + cfg.model.num_predicted
+        return torch.rand(batch_size, frames, 1, 64, 64)
+    left = torch.rand(batch_size, 1, 64, 64)
+    return {"left": left, "right": left.roll(2, -1), "disparity": torch.zeros_like(left)}
+
+
+def time_variant(cfg, batch, steps: int, channels_last=False, bf16=False, compile=False):
+    torch.manual_seed(0)
+    model = hydra.utils.instantiate(cfg.model)
+    model.log = lambda *args, **kwargs: None  # no trainer here
+    if compile:
+        model.predictor.generator.compile()  # as model.predictor.compile=true does
+    model.channels_last = channels_last  # what model.channels_last=... does in a run
+    model.setup("fit")
+    optimizer = torch.optim.Adam(model.parameters())
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def step() -> None:
+        with autocast:
+            loss = model.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up (and compilation)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", default=["experiment=moving_mnist"])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--variants", default="fp32,channels_last,bf16,bf16+channels_last")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with initialize_config_dir(str(PROJECT_ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=args.overrides)
+    batch = make_batch(cfg, args.batch_size)
+    print(f"# {' '.join(args.overrides)}, batch {args.batch_size}, {args.threads} threads, "
+          f"torch {torch.__version__}, median of {args.steps} steps")
+    print("| variant | s / step | it / s | speed-up |\n|---|---|---|---|")
+    reference = None
+    for name in args.variants.split(","):
+        seconds = time_variant(cfg, batch, args.steps, **VARIANTS[name])
+        reference = reference or seconds
+        print(f"| {name} | {seconds:.3f} | {1 / seconds:.2f} | {reference / seconds:.2f}x |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
