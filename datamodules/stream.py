@@ -1,17 +1,19 @@
 """Freshly sampled training data, reproducible by seed.
 
 The authors' "epoch" is a number of freshly sampled batches, not a pass over a dataset. Here a
-training sample is a pure function of (seed, global index): the sampler hands out the indices of
-epoch e, the dataset draws sample i from ``sample_rng(seed, i)``. Workers, ranks and resumed runs
-therefore see exactly the stream an uninterrupted single-process run would.
+training sample is a pure function of (seed, global index): the loader hands out the indices of
+the stream in order, the dataset draws sample i from ``sample_rng(seed, i)``. Workers and ranks
+therefore see exactly the stream an uninterrupted single-process run would, and so does a run
+resumed from a checkpoint, mid-epoch too (``StreamLoader``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -19,7 +21,10 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
 
 
 class StreamSampler(Sampler[int]):
-    """Global sample indices of one epoch, this rank's share of them."""
+    """Global sample indices of one epoch, this rank's share of them.
+
+    For a plain DataLoader, whose epoch Lightning sets; ``StreamLoader`` also resumes mid-epoch.
+    """
 
     def __init__(self, samples_per_epoch: int, rank: int = 0, world_size: int = 1) -> None:
         self.samples_per_epoch = samples_per_epoch
@@ -37,3 +42,64 @@ class StreamSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.samples_per_epoch
+
+
+class StreamBatches(Sampler[list[int]]):
+    """This rank's batches of the stream, from global sample ``consumed`` to the end of its epoch.
+
+    Stream batch k holds the global samples [k B W, (k + 1) B W) (B: batch size, W: world size);
+    rank r takes every W-th of them from r. An epoch is ``steps_per_epoch`` stream batches.
+    """
+
+    def __init__(self, batch_size: int, steps_per_epoch: int, rank: int = 0, world_size: int = 1):
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.rank = rank
+        self.world_size = world_size
+        self.consumed = 0  # global samples handed out so far
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.batch_size * self.world_size
+        first = self.consumed // step
+        stop = (first // self.steps_per_epoch + 1) * self.steps_per_epoch
+        for k in range(first, stop):
+            yield list(range(k * step + self.rank, (k + 1) * step, self.world_size))
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+
+class StreamLoader(DataLoader):
+    """The training stream's DataLoader, which a checkpoint resumes exactly, mid-epoch too.
+
+    It counts the samples it has handed out; Lightning stores ``state_dict()`` in each checkpoint
+    and gives it back to ``load_state_dict`` before a resumed run draws its first batch. Each pass
+    runs to the next epoch boundary of the stream, so a run stopped mid-epoch (Ctrl-C, SIGTERM,
+    ``max_steps``) continues with the batches, and validates at the steps, an uninterrupted run
+    would. Epochs are the stream's, not Lightning's epoch counter, which moves on early when
+    ``max_steps`` ends a run mid-epoch. Extra keyword arguments go to ``DataLoader``.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        steps_per_epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        self.stream = StreamBatches(batch_size, steps_per_epoch, rank, world_size)
+        super().__init__(dataset, batch_sampler=self.stream, **kwargs)
+
+    def __iter__(self) -> Iterator[Any]:
+        # Counted as handed out, not as the workers load them ahead.
+        for batch in super().__iter__():
+            self.stream.consumed += self.stream.batch_size * self.stream.world_size
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"consumed_samples": self.stream.consumed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.stream.consumed = int(state_dict["consumed_samples"])
