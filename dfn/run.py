@@ -18,6 +18,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from dfn.errors import InputError
@@ -29,28 +30,68 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def reporting_user_errors() -> Iterator[None]:
-    """Turn an InputError into one line on stderr and exit code 1 (HYDRA_FULL_ERROR=1: traceback)."""
+    """Report an InputError as one line on stderr, exit code 1 (HYDRA_FULL_ERROR=1: traceback)."""
     try:
         yield
     except Exception as e:
-        cause = e  # hydra.utils.instantiate wraps what a constructor raises
+        cause, node = e, None  # hydra.utils.instantiate wraps what a constructor raises
         while cause is not None and not isinstance(cause, InputError):
+            if isinstance(cause, InstantiationException):  # its message ends in the config node
+                _, found, key = str(cause).rpartition("\nfull_key: ")
+                node = key.strip() if found else node
             cause = cause.__cause__
         if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        where = f"{node}: " if node and f"{node}." not in str(cause) else ""
+        print(f"error: {where}{cause}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Catch the config mistakes that would otherwise surface as a confusing traceback."""
+    """Catch the config mistakes that would otherwise surface as a confusing traceback, be
+    ignored, or show up only after hours of training."""
+
+    def get(key: str):
+        return OmegaConf.select(cfg, key)
+
     for key in ("model.optimizer.lr",):
-        value = OmegaConf.select(cfg, key)
+        value = get(key)
         if value is not None and (not isinstance(value, Number) or isinstance(value, bool)):
             raise InputError(f"{key} must be a number, got {value!r}")
-    batch_size = OmegaConf.select(cfg, "data.batch_size")
+    batch_size = get("data.batch_size")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+    for key in ("data.train_path", "data.test_path"):  # the test file is read after training
+        if get(key) is not None and not Path(get(key)).is_file():
+            raise InputError(f"{key}={get(key)}: no such file")
+    num_input, num_predicted = get("model.num_input"), get("model.num_predicted")
+    for key, value in (("num_input", num_input), ("num_predicted", num_predicted)):
+        if get(f"data.{key}") not in (None, value):
+            raise InputError(
+                f"data.{key}={get(f'data.{key}')} but model.{key}={value}: the data must cut "
+                f"the windows the model reads; expected data.{key}={value}"
+            )
+    window = None if None in (num_input, num_predicted) else num_input + num_predicted
+    sequences = str(get("data._target_")).endswith("MovingMNISTDataModule")  # of data.num_frames
+    if sequences and window is not None and get("data.num_frames") != window:
+        raise InputError(
+            f"data.num_frames={get('data.num_frames')}, but a sequence is model.num_input="
+            f"{num_input} frames in and model.num_predicted={num_predicted} out: expected "
+            f"data.num_frames={window}"
+        )
+    for key in ("model.predictor.generator.in_channels", "model.predictor.generator.out_channels"):
+        if get(key) is not None:
+            raise InputError(
+                f"{key}={get(key)}, but the predictor sets it: in_channels from "
+                "model.predictor.frames_per_step, out_channels from the filter's taps (plus one "
+                "with a dynamic bias); remove it"
+            )
+    kernel, taps = get("model.kernel_size"), get("model.generator.out_features")
+    if isinstance(kernel, int) and kernel % 2 == 1 and taps not in (None, kernel**2):
+        raise InputError(
+            f"model.generator.out_features={taps}, but a {kernel}x{kernel} filter "
+            f"(model.kernel_size={kernel}) has {kernel**2} taps: expected {kernel**2}"
+        )
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
@@ -97,7 +138,7 @@ def fit_and_test(cfg: DictConfig) -> dict:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     datamodule, model, trainer = build(cfg)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {
         "experiment": cfg.name,
         "parameters": model.num_parameters,
@@ -111,7 +152,8 @@ def fit_and_test(cfg: DictConfig) -> dict:
         metrics["best_checkpoint"] = checkpoint.best_model_path
     if cfg.get("test"):
         ckpt = "best" if metrics.get("best_checkpoint") else None
-        metrics.update(scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)[0]))
+        test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        metrics.update(scalars(test[0]))
     if trainer.is_global_zero:
         path = write_metrics(output_dir, metrics)
         log.info("metrics: %s", path)
@@ -134,7 +176,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "checkpoint": str(Path(ckpt_path).resolve()),
         "device": device_name(trainer),
     }
-    metrics.update(scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)[0]))
+    test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics.update(scalars(test[0]))
     if trainer.is_global_zero:
         path = write_metrics(output_dir, metrics)
         log.info("metrics: %s", path)
