@@ -124,7 +124,8 @@ class LastCheckpoint(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore_sigint()
-        trainer.save_checkpoint(last_checkpoint(trainer))
+        if trainer.global_step > 0 and not trainer.fast_dev_run:
+            trainer.save_checkpoint(last_checkpoint(trainer))
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._restore_sigint()
@@ -133,13 +134,13 @@ class LastCheckpoint(Callback):
         self._restore_sigint()
         last = last_checkpoint(trainer)
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
-            kept = f"{last} is from before" if last.is_file() else "no checkpoint was saved"
+            kept = f"{last} is older" if last.is_file() else "no checkpoint was saved"
             print(f"Stopped at once at step {trainer.global_step}: {kept}", file=sys.stderr)
         if not isinstance(exception, SIGTERMException):
             return
         exception.code = EXIT_CTRL_C if self.ctrl_c else EXIT_SIGTERM  # Lightning leaves it 0
         fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
-        if not fitting or trainer.global_step == 0:
+        if not fitting or trainer.global_step == 0 or trainer.fast_dev_run:
             return
         trainer.save_checkpoint(last)
         if trainer.is_global_zero:
