@@ -55,7 +55,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.h5 import read_frames, split_paths, write_h5_atomic
-from datamodules.stream import StreamSampler, sample_rng
+from datamodules.stream import StreamLoader, sample_rng
 from dfn.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -369,11 +369,12 @@ class HighwayDataModule(LightningDataModule):
         rank, world_size = 0, 1
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
-        sampler = StreamSampler(hp.steps_per_epoch * hp.batch_size, rank, world_size)
-        return DataLoader(
+        return StreamLoader(
             self.train_set,
-            batch_size=hp.batch_size,
-            sampler=sampler,
+            hp.batch_size,
+            hp.steps_per_epoch,
+            rank,
+            world_size,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
         )

@@ -52,7 +52,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.h5 import read_frames, split_paths
-from datamodules.stream import StreamSampler, sample_rng
+from datamodules.stream import StreamLoader, sample_rng
 from dfn.errors import InputError
 
 FILTER_REACH = 6  # a 1x13 filter reaches 6 px either side
@@ -330,11 +330,12 @@ class StereoDataModule(LightningDataModule):
         rank, world_size = 0, 1
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
-        sampler = StreamSampler(hp.steps_per_epoch * hp.batch_size, rank, world_size)
-        return DataLoader(
+        return StreamLoader(
             self.train_set,
-            batch_size=hp.batch_size,
-            sampler=sampler,
+            hp.batch_size,
+            hp.steps_per_epoch,
+            rank,
+            world_size,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
         )

@@ -20,30 +20,6 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-class StreamSampler(Sampler[int]):
-    """Global sample indices of one epoch, this rank's share of them.
-
-    For a plain DataLoader, whose epoch Lightning sets; ``StreamLoader`` also resumes mid-epoch.
-    """
-
-    def __init__(self, samples_per_epoch: int, rank: int = 0, world_size: int = 1) -> None:
-        self.samples_per_epoch = samples_per_epoch
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        start = self.epoch * self.samples_per_epoch * self.world_size
-        stop = start + self.samples_per_epoch * self.world_size
-        return iter(range(start + self.rank, stop, self.world_size))
-
-    def __len__(self) -> int:
-        return self.samples_per_epoch
-
-
 class StreamBatches(Sampler[list[int]]):
     """This rank's batches of the stream, from global sample ``consumed`` to the end of its epoch.
 

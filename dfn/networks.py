@@ -142,7 +142,9 @@ class FilterGenerator(nn.Module):
 class MLPFilterGenerator(nn.Module):
     """Fully connected generator from a conditioning vector (the steerable filter's angle, 4.1)."""
 
-    def __init__(self, in_features: int, hidden: list[int], out_features: int) -> None:
+    def __init__(
+        self, in_features: int, hidden: list[int], out_features: int, zero_init_output: bool = False
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for width in hidden:
@@ -151,6 +153,8 @@ class MLPFilterGenerator(nn.Module):
         layers.append(nn.Linear(in_features, out_features))
         self.net = nn.Sequential(*layers)
         he_uniform_(self)
+        if zero_init_output:  # start from the zero filter (see configs/model/steerable.yaml)
+            nn.init.zeros_(self.net[-1].weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

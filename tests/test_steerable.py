@@ -55,6 +55,8 @@ def test_task_metrics_are_perfect_for_the_analytic_filter():
                                optimizer=torch.optim.Adam)
     assert task.generate_filters(torch.rand(3)).shape == (3, 9, 9)
     assert task.num_parameters == 18_897
+    zero_start = MLPFilterGenerator(1, [64, 128], 81, zero_init_output=True)
+    assert not zero_start(torch.rand(5, 1)).any()
     task.generator = AnalyticGenerator()
     assert task.filter_cosine().item() > 0.99999
     images, theta = torch.rand(4, 1, 32, 32), torch.rand(4) * 6
@@ -68,7 +70,9 @@ def test_data_splits_use_disjoint_images_and_give_consistent_targets():
     dm.setup()
     images, theta, target = next(iter(dm.train_dataloader()))
     assert images.shape == target.shape == (8, 1, 64, 64) and theta.shape == (8,)
-    assert 0 <= images.min() and images.max() <= 1
+    flat = images.flatten(1)  # standardised crops
+    assert torch.allclose(flat.mean(1), torch.zeros(8), atol=1e-5)
+    assert torch.allclose(flat.std(1), torch.ones(8), atol=1e-4)
     assert ((0 <= theta) & (theta < 2 * math.pi)).all()
     assert torch.allclose(target, steer(images, theta), atol=1e-6)
     fresh = SteerableDataModule(batch_size=8, steps_per_epoch=2)
