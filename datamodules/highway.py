@@ -55,7 +55,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.h5 import read_frames, split_paths, write_h5_atomic
-from datamodules.stream import StreamLoader, sample_rng
+from datamodules.stream import sample_rng, stream_loader
 from dfn.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -366,18 +366,8 @@ class HighwayDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        rank, world_size = 0, 1
-        if self.trainer is not None:
-            rank, world_size = self.trainer.global_rank, self.trainer.world_size
-        return StreamLoader(
-            self.train_set,
-            hp.batch_size,
-            hp.steps_per_epoch,
-            rank,
-            world_size,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-        )
+        return stream_loader(self, self.train_set, hp.batch_size, hp.steps_per_epoch,
+                             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._ordered_loader(self.val_set)

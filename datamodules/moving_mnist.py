@@ -29,7 +29,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.h5 import write_h5_atomic
-from datamodules.stream import StreamLoader, sample_rng
+from datamodules.stream import sample_rng, stream_loader
 from dfn.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -411,18 +411,8 @@ class MovingMNISTDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        rank, world_size = 0, 1
-        if self.trainer is not None:
-            rank, world_size = self.trainer.global_rank, self.trainer.world_size
-        return StreamLoader(
-            self.train_set,
-            self.batch_size,
-            self.steps_per_epoch,
-            rank,
-            world_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
+        return stream_loader(self, self.train_set, self.batch_size, self.steps_per_epoch,
+                             num_workers=self.num_workers, pin_memory=self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

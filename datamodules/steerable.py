@@ -15,7 +15,7 @@ from lightning import LightningDataModule
 from skimage.color import rgb2gray
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.stream import StreamLoader, sample_rng
+from datamodules.stream import sample_rng, stream_loader
 from dfn.steerable import steer
 
 SPLITS = {
@@ -84,11 +84,9 @@ class SteerableDataModule(LightningDataModule):
                           persistent_workers=self.hparams.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        trainer, hp = self.trainer, self.hparams
-        return StreamLoader(self.train_set, hp.batch_size, hp.steps_per_epoch,
-                            rank=trainer.global_rank if trainer else 0,
-                            world_size=trainer.world_size if trainer else 1,
-                            num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        hp = self.hparams
+        return stream_loader(self, self.train_set, hp.batch_size, hp.steps_per_epoch,
+                             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

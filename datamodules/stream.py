@@ -79,3 +79,12 @@ class StreamLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.stream.consumed = int(state_dict["consumed_samples"])
+
+
+def stream_loader(
+    datamodule, dataset: Dataset, batch_size: int, steps_per_epoch: int, **kwargs: Any
+) -> StreamLoader:
+    """``datamodule``'s training stream: this rank's share of it once a trainer is attached."""
+    trainer = datamodule.trainer
+    rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+    return StreamLoader(dataset, batch_size, steps_per_epoch, rank, world_size, **kwargs)

@@ -100,8 +100,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    # A group entry set to null (callbacks.progress_bar=null) switches that piece off.
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     return datamodule, model, trainer
 
@@ -133,6 +134,14 @@ def scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
 
 
+def finish(trainer: L.Trainer, output_dir: Path, metrics: dict) -> dict:
+    """Rank 0 writes metrics.json and names the run folder."""
+    if trainer.is_global_zero:
+        log.info("metrics: %s", write_metrics(output_dir, metrics))
+        print(f"Run folder: {output_dir}")
+    return metrics
+
+
 def fit_and_test(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, and write metrics.json in the run folder."""
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -154,11 +163,7 @@ def fit_and_test(cfg: DictConfig) -> dict:
         ckpt = "best" if metrics.get("best_checkpoint") else None
         test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(scalars(test[0]))
-    if trainer.is_global_zero:
-        path = write_metrics(output_dir, metrics)
-        log.info("metrics: %s", path)
-        print(f"Run folder: {output_dir}")
-    return metrics
+    return finish(trainer, output_dir, metrics)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -178,8 +183,4 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics.update(scalars(test[0]))
-    if trainer.is_global_zero:
-        path = write_metrics(output_dir, metrics)
-        log.info("metrics: %s", path)
-        print(f"Run folder: {output_dir}")
-    return metrics
+    return finish(trainer, output_dir, metrics)
