@@ -29,8 +29,13 @@ def binary_cross_entropy(prediction: Tensor, target: Tensor) -> Tensor:
 
 def frame_metrics(prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
     """prediction, target [B, T, C, H, W] in [0, 1] -> each metric as [B, T]."""
+    with torch.autocast(target.device.type, enabled=False):  # SSIM's filtering in bf16 breaks it
+        return _frame_metrics(prediction.float(), target.float())
+
+
+def _frame_metrics(prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
     b, t = target.shape[:2]
-    pred, targ = prediction.float().flatten(0, 1), target.float().flatten(0, 1)
+    pred, targ = prediction.flatten(0, 1), target.flatten(0, 1)
     per_frame = {
         "bce": binary_cross_entropy(pred, targ).flatten(1).sum(1),
         "mse": (pred - targ).square().flatten(1).sum(1),

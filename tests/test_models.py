@@ -114,6 +114,17 @@ def test_frame_metrics_are_summed_over_the_pixels_of_a_frame():
     assert torch.allclose(m["psnr"][0, 0], psnr, rtol=1e-5)
 
 
+def test_frame_metrics_stay_float32_under_bf16_autocast():
+    target = torch.rand(2, 3, 1, 16, 16)
+    prediction = (target + 0.05 * torch.randn_like(target)).clamp(0, 1)
+    exact = frame_metrics(prediction, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = frame_metrics(prediction, target)
+    for name in exact:
+        assert torch.allclose(mixed[name], exact[name]), name
+    assert (mixed["ssim"] <= 1).all()
+
+
 def test_prediction_metrics_average_over_samples_and_horizons():
     metrics = PredictionMetrics(["model", "copy_last"], horizon=2)
     target = torch.rand(4, 2, 1, 8, 8)
