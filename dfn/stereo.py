@@ -39,7 +39,9 @@ class StereoPredictionTask(DFNTask):
         """The filters' expected horizontal offset, [B, 1, H, W] in pixels."""
         if filters is None:
             return None
-        return expected_displacement(filters, self.predictor.filtering.kernel_size)[:, :1]
+        with torch.autocast(filters.device.type, enabled=False):  # pixels, not bf16 steps
+            offsets = expected_displacement(filters.float(), self.predictor.filtering.kernel_size)
+        return offsets[:, :1]
 
     @staticmethod
     def scorable(truth: Tensor) -> Tensor:
