@@ -339,8 +339,8 @@ def write_report(run_dirs: list[Path], out: Path, command: str) -> Path:
     ]
     if short:
         lines += ["", "**Runs marked *short* trained fewer steps than the paper's schedule "
-                  "(smoke or debug runs): their numbers only show that the pipeline works and "
-                  "are not comparable with the paper's. The paper's schedules on one GPU: "
+                  "(smoke, debug or short CPU runs): their numbers are not comparable with the "
+                  "paper's. The paper's schedules on one GPU: "
                   "`scripts/reproduce.sh`.**"]
     lines += ["", "## Table 1", "", "Rows are numbered as their figures are.", "",
               *table_1(rows), ""]

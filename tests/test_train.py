@@ -9,6 +9,8 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from dfn.errors import InputError
@@ -114,6 +116,13 @@ def test_cli_overrides_reach_the_optimizer(compose_cfg):
                       torch.optim.Adam)
 
 
-def test_run_folder_is_under_outputs(compose_cfg):
-    cfg = compose_cfg(["experiment=steerable"])
-    assert Path(cfg.paths.data_dir).name == "data" or "data" in cfg.paths.data_dir
+def test_runs_sweeps_and_data_go_under_the_project_outputs_folder():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=steerable"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    outputs = (ROOT / "outputs").resolve()
+    run_dir = Path(cfg.hydra.run.dir).resolve()
+    assert run_dir.parent == outputs / "runs" and run_dir.name.endswith("_steerable")
+    assert Path(cfg.hydra.sweep.dir).resolve().parent == outputs / "multirun"
+    assert Path(cfg.paths.data_dir).resolve() == outputs / "data"
