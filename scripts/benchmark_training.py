@@ -3,10 +3,12 @@ several settings that keep the maths, measured in one process against the float3
 
     python scripts/benchmark_training.py experiment=moving_mnist --batch-size 4 --steps 3
     python scripts/benchmark_training.py experiment=highway --variants fp32,bf16
+    python scripts/benchmark_training.py --device cuda --batch-size 16 --variants fp32,unfold,bf16
 
 Each variant builds the experiment's real model from its config (the same seed, the same
 batch), runs one warm-up step, then times ``--steps`` steps; the table gives the median step
-time and the speed-up over float32.
+time and the speed-up over float32. ``unfold`` swaps the dynamic filter's fast implementation
+for the unfold reference, to show what the fast op buys in a whole step.
 """
 
 from __future__ import annotations
@@ -29,27 +31,33 @@ VARIANTS = {
     "bf16+channels_last": {"bf16": True, "channels_last": True},
     "compile": {"compile": True},
     "bf16+compile": {"bf16": True, "compile": True},
+    "unfold": {"impl": "reference"},
 }
 
 
-def make_batch(cfg, batch_size: int) -> object:
+def make_batch(cfg, batch_size: int, device: torch.device) -> object:
     if "num_input" in cfg.model:
         frames = cfg.model.num_input + cfg.model.num_predicted
-        return torch.rand(batch_size, frames, 1, 64, 64)
-    left = torch.rand(batch_size, 1, 64, 64)
+        return torch.rand(batch_size, frames, 1, 64, 64, device=device)
+    left = torch.rand(batch_size, 1, 64, 64, device=device)
     return {"left": left, "right": left.roll(2, -1), "disparity": torch.zeros_like(left)}
 
 
-def time_variant(cfg, batch, steps: int, channels_last=False, bf16=False, compile=False):
+def time_variant(
+    cfg, batch, steps: int, device: torch.device,
+    channels_last=False, bf16=False, compile=False, impl=None,
+):  # fmt: skip
     torch.manual_seed(0)
-    model = hydra.utils.instantiate(cfg.model)
+    model = hydra.utils.instantiate(cfg.model).to(device)
     model.log = lambda *args, **kwargs: None  # no trainer here
     if compile:
         model.predictor.generator.compile()  # as model.predictor.compile=true does
+    if impl is not None:
+        model.predictor.filtering.impl = impl  # as model.predictor.filtering.impl=... does
     model.channels_last = channels_last  # what model.channels_last=... does in a run
     model.setup("fit")
     optimizer = torch.optim.Adam(model.parameters())
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step() -> None:
         with autocast:
@@ -57,6 +65,8 @@ def time_variant(cfg, batch, steps: int, channels_last=False, bf16=False, compil
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     step()  # warm-up (and compilation)
     times = []
@@ -70,6 +80,7 @@ def time_variant(cfg, batch, steps: int, channels_last=False, bf16=False, compil
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", default=["experiment=moving_mnist"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -78,13 +89,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with initialize_config_dir(str(PROJECT_ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)
-    batch = make_batch(cfg, args.batch_size)
-    print(f"# {' '.join(args.overrides)}, batch {args.batch_size}, {args.threads} threads, "
+    device = torch.device(args.device)
+    batch = make_batch(cfg, args.batch_size, device)
+    on_gpu = device.type == "cuda"
+    where = torch.cuda.get_device_name(device) if on_gpu else f"{args.threads} threads"
+    print(f"# {' '.join(args.overrides)}, batch {args.batch_size}, {where}, "
           f"torch {torch.__version__}, median of {args.steps} steps")
     print("| variant | s / step | it / s | speed-up |\n|---|---|---|---|")
     reference = None
     for name in args.variants.split(","):
-        seconds = time_variant(cfg, batch, args.steps, **VARIANTS[name])
+        seconds = time_variant(cfg, batch, args.steps, device, **VARIANTS[name])
         reference = reference or seconds
         print(f"| {name} | {seconds:.3f} | {1 / seconds:.2f} | {reference / seconds:.2f}x |",
               flush=True)
