@@ -9,7 +9,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from dfn.errors import InputError
 from dfn.filtering import DynamicLocalFilter
-from dfn.metrics import PredictionMetrics, frame_metrics
+from dfn.metrics import PSNR_CAP, PredictionMetrics, frame_metrics
 from dfn.networks import FilterGenerator, UntiedBiasConv
 from dfn.predictor import EPS, DynamicFilterPredictor
 
@@ -112,6 +112,18 @@ def test_frame_metrics_are_summed_over_the_pixels_of_a_frame():
     assert torch.allclose(m["ssim"][0, 2], ssim)
     psnr = 10 * torch.log10(1 / ((prediction - target)[0, 0] ** 2).mean())
     assert torch.allclose(m["psnr"][0, 0], psnr, rtol=1e-5)
+
+
+def test_an_exact_frame_has_capped_psnr_so_averages_stay_finite():
+    target = torch.rand(1, 2, 1, 8, 8)
+    prediction = target.clone()
+    prediction[0, 1] = (prediction[0, 1] + 0.1).clamp(0, 1)  # frame 0 exact, frame 1 not
+    psnr = frame_metrics(prediction, target)["psnr"]
+    assert psnr[0, 0] == PSNR_CAP
+    assert psnr[0, 1] < 25
+    metrics = PredictionMetrics(["copy_last"], horizon=2)
+    metrics.update("copy_last", prediction, target)
+    assert torch.isfinite(metrics.compute()["copy_last/psnr"])
 
 
 def test_frame_metrics_stay_float32_under_bf16_autocast():
