@@ -5,18 +5,27 @@ convolution applies one generated filter per sample at every position. Taps are 
 row-major over the kernel window, exactly like ``torch.nn.functional.unfold``; padding is zero
 and the output has the input's spatial size.
 
-``dynamic_local_filter`` has three implementations behind one signature (``impl``):
+``dynamic_local_filter`` has four implementations behind one signature (``impl``):
 ``"reference"`` unfolds the input (kh*kw copies of it; simple, the one the others are tested
-on), ``"shift"`` accumulates kh*kw shifted products and never unfolds (CPU, or CUDA without
-Triton), ``"triton"`` runs the kernels of ``dfn.triton_filtering`` (CUDA). ``"auto"`` picks
-Triton on CUDA when it imports, otherwise shift. docs/PERFORMANCE.md has the measurements.
+on), ``"shift"`` accumulates kh*kw shifted products with one PyTorch op per tap and never
+unfolds (CPU, or CUDA without Triton), ``"cpp"`` computes the same sums in a compiled CPU kernel
+(``dfn/csrc/local_filter.cpp``, built on first use) that makes one pass over the filters per
+forward and one per backward, ``"triton"`` runs the kernels of ``dfn.triton_filtering`` (CUDA).
+``"auto"`` picks Triton on CUDA when it imports, otherwise shift; on CPU, cpp when it builds,
+otherwise shift (with a warning). docs/PERFORMANCE.md has the measurements.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
 import os
-from typing import Literal
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +34,10 @@ from torch.autograd.function import once_differentiable
 
 from dfn.errors import InputError
 
-Impl = Literal["auto", "reference", "shift", "triton"]
-IMPLS = ("auto", "reference", "shift", "triton")
+Impl = Literal["auto", "reference", "shift", "cpp", "triton"]
+IMPLS = ("auto", "reference", "shift", "cpp", "triton")
+
+log = logging.getLogger(__name__)
 
 
 def _pair(kernel_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -87,21 +98,133 @@ def triton_available() -> bool:
     return True
 
 
+_CPP_SOURCE = Path(__file__).resolve().parent / "csrc" / "local_filter.cpp"
+_CPP_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and instruction-set flags: a -march=native build is only for that CPU."""
+    found: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags"):
+                    found.setdefault(key, line)
+    except OSError:
+        pass
+    return "".join(found.values()) or os.uname().machine
+
+
+@functools.cache
+def _cpp_problem() -> str | None:
+    """Build (on first use) and load the C++ CPU kernels; None when loaded, else why not.
+
+    The build is cached by torch (in $TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions)
+    under a name that hashes the source, the flags, torch's version and the CPU, so that a
+    changed source, another torch or another CPU gets a build of its own.
+    """
+    try:
+        source = _CPP_SOURCE.read_bytes()
+    except OSError as error:
+        return f"its source {_CPP_SOURCE} cannot be read ({error})"
+    key = b"\0".join(
+        [
+            source,
+            " ".join(_CPP_FLAGS).encode(),
+            torch.__version__.encode(),
+            _cpu_signature().encode(),
+        ]
+    )
+    name = f"dfn_local_filter_{hashlib.sha256(key).hexdigest()[:12]}"
+    if shutil.which("ninja") is None:
+        # the ninja package (a dependency) puts its binary next to this Python's, which is only
+        # on PATH when the virtual environment is activated
+        try:
+            import ninja
+        except ImportError:
+            return "ninja, which torch needs to build C++ extensions, is not installed"
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+    # importing cpp_extension logs a warning about CUDA_HOME when CUDA is missing: not our case
+    extension_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_logger.level
+    extension_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        if not (build_dir / f"{name}.so").exists():
+            log.warning(
+                "compiling the C++ kernels of the dynamic local filter (%s), once for this "
+                "machine; this takes about ten seconds",
+                _CPP_SOURCE.name,
+            )
+        cpp_extension.load(
+            name,
+            [str(_CPP_SOURCE)],
+            extra_cflags=_CPP_FLAGS,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            is_python_module=False,
+        )
+    except Exception as error:  # no compiler, a failed build, a library that does not load
+        # the compiler's messages, without its (long) command lines
+        lines = [line for line in str(error).splitlines() if line.strip() and len(line) < 300]
+        return f"building it failed ({type(error).__name__}):\n" + "\n".join(lines[-15:])
+    finally:
+        extension_logger.setLevel(level)
+    return None
+
+
+def cpp_available() -> bool:
+    """Whether the C++ CPU kernels build and load here (building them if not yet built)."""
+    return _cpp_problem() is None
+
+
+@functools.cache
+def _warn_no_cpp(problem: str) -> None:
+    warnings.warn(
+        f"impl='auto' on CPU uses the slower 'shift' implementation of the dynamic local filter: "
+        f"its C++ kernel ({_CPP_SOURCE}) is not available: {problem}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 def _resolve_impl(impl: str, x: Tensor) -> str:
     if impl not in IMPLS:
         raise InputError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "triton" if x.is_cuda and triton_available() else "shift"
+        if x.device.type != "cpu":
+            return "triton" if x.is_cuda and triton_available() else "shift"
+        problem = _cpp_problem()
+        if problem is None:
+            return "cpp"
+        _warn_no_cpp(problem)
+        return "shift"
+    if impl == "cpp":
+        if x.device.type != "cpu":
+            raise InputError(f"impl='cpp' needs CPU tensors, got x on {x.device}")
+        problem = _cpp_problem()
+        if problem is not None:
+            raise InputError(
+                f"impl='cpp': the C++ kernel ({_CPP_SOURCE}) is not available: {problem}"
+            )
     return impl
 
 
-def _padded_input(x: Tensor, bias: Tensor | None, kh: int, kw: int, dtype: torch.dtype) -> Tensor:
-    """x + bias in ``dtype``, zero-padded by the kernel's half-size: the only copy of x needed."""
+def _padded_input(
+    x: Tensor, bias: Tensor | None, kh: int, kw: int, dtype: torch.dtype, channels_last_ok: bool
+) -> Tensor:
+    """x + bias in ``dtype``, zero-padded by the kernel's half-size: the only copy of x needed.
+
+    Channels-last when x is and ``channels_last_ok``, else contiguous.
+    """
     b, c, h, w = x.shape
     ph, pw = kh // 2, kw // 2
     layout = (
         torch.channels_last
-        if c > 1 and x.is_contiguous(memory_format=torch.channels_last)
+        if channels_last_ok and c > 1 and x.is_contiguous(memory_format=torch.channels_last)
         else torch.contiguous_format
     )
     padded = torch.empty(
@@ -143,64 +266,47 @@ def _per_tap(windows: Tensor, filters: Tensor) -> list[tuple[Tensor, Tensor]]:
     return list(zip(_tap_windows(windows), tap_filters, strict=True))
 
 
-class _ShiftLocalFilter(torch.autograd.Function):
-    """Dynamic local filtering as kh*kw shifted products of the padded input.
+class _InnerLoops(NamedTuple):
+    """The two inner computations of ``_ShiftLocalFilter``, in PyTorch ops or compiled.
 
-    Forward: out = sum_t u[shift_t] * f_t, with u = pad(x + bias). Backward, per tap:
-    grad u[shift_t] += g * f_t and grad f_t = g * u[shift_t] (summed over channels when the
-    filters are shared). Sums run in float32 (float64 for float64 inputs). The unfolded input is
-    only ever a strided view; besides the outputs, nothing larger than the padded input is
-    allocated, and each pass reads the filter tensor once.
+    forward(padded, filters, kh, kw, out): out = sum_t u[shift_t] * f_t, written into ``out``
+    (in the padded input's dtype). backward(grad, padded, filters, kh, kw, need_filters,
+    need_input) -> (grad_filters or None, grad_u or None): grad_filters like ``filters``, grad_u
+    the [B, C, H, W] gradient of u's interior (x + bias), in the padded input's dtype.
+    ``contiguous``: the loops take contiguous tensors only (then the padded input and the output
+    are contiguous even for channels-last x).
     """
 
-    @staticmethod
-    def forward(ctx, x: Tensor, filters: Tensor, bias: Tensor | None, kh: int, kw: int) -> Tensor:
-        # a channels-last filter tensor would make each tap a strided read of all of it
-        filters = filters.contiguous()
-        # half-precision inputs are summed in float32, float64 ones in float64
-        dtype = torch.promote_types(result_dtype(x, filters, bias), torch.float32)
-        padded = _padded_input(x, bias, kh, kw, dtype)
-        out = torch.empty_like(x, dtype=dtype)
-        taps = _per_tap(_windows(padded, kh, kw), filters)
-        torch.mul(*taps[0], out=out)
-        for window, tap_filter in taps[1:]:
-            out.addcmul_(window, tap_filter)
-        ctx.save_for_backward(padded, filters)
-        ctx.kernel_size = (kh, kw)
-        ctx.x_dtype = x.dtype
-        ctx.x_layout = (
-            torch.channels_last
-            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-            else torch.contiguous_format
-        )
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.bias_channels = None if bias is None else bias.shape[1]
-        return out.to(result_dtype(x, filters, bias))
+    forward: Callable[[Tensor, Tensor, int, int, Tensor], None]
+    backward: Callable[..., tuple[Tensor | None, Tensor | None]]
+    contiguous: bool
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        padded, filters = ctx.saved_tensors
-        kh, kw = ctx.kernel_size
-        need_x, need_filters, need_bias = ctx.needs_input_grad[:3]
-        grad = grad_out.to(padded.dtype)
-        grad_filters = _filter_grad(grad, padded, filters, kh, kw) if need_filters else None
-        grad_x = grad_bias = None
-        if need_x or need_bias:
-            grad_padded = torch.zeros_like(padded)
-            for window, tap_filter in _per_tap(_windows(grad_padded, kh, kw), filters):
-                window.addcmul_(grad, tap_filter)
-            h, w = grad.shape[2:]
-            grad_u = grad_padded[:, :, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
-            if need_x:
-                grad_x = grad_u.to(dtype=ctx.x_dtype, memory_format=ctx.x_layout, copy=True)
-            if need_bias:
-                if ctx.bias_channels == 1 and grad_u.shape[1] > 1:
-                    grad_u = grad_u.sum(dim=1, keepdim=True)
-                grad_bias = grad_u.to(
-                    dtype=ctx.bias_dtype, memory_format=torch.contiguous_format, copy=True
-                )
-        return grad_x, grad_filters, grad_bias, None, None
+
+def _shift_forward(padded: Tensor, filters: Tensor, kh: int, kw: int, out: Tensor) -> None:
+    taps = _per_tap(_windows(padded, kh, kw), filters)
+    torch.mul(*taps[0], out=out)
+    for window, tap_filter in taps[1:]:
+        out.addcmul_(window, tap_filter)
+
+
+def _shift_backward(
+    grad: Tensor,
+    padded: Tensor,
+    filters: Tensor,
+    kh: int,
+    kw: int,
+    need_filters: bool,
+    need_input: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    grad_filters = _filter_grad(grad, padded, filters, kh, kw) if need_filters else None
+    grad_u = None
+    if need_input:
+        grad_padded = torch.zeros_like(padded)
+        for window, tap_filter in _per_tap(_windows(grad_padded, kh, kw), filters):
+            window.addcmul_(grad, tap_filter)
+        h, w = grad.shape[2:]
+        grad_u = grad_padded[:, :, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w]
+    return grad_filters, grad_u
 
 
 def _filter_grad(grad: Tensor, padded: Tensor, filters: Tensor, kh: int, kw: int) -> Tensor:
@@ -233,6 +339,95 @@ def _filter_grad(grad: Tensor, padded: Tensor, filters: Tensor, kh: int, kw: int
     return grad_filters
 
 
+def _cpp_forward(padded: Tensor, filters: Tensor, kh: int, kw: int, out: Tensor) -> None:
+    filters = filters.to(padded.dtype).contiguous()
+    torch.ops.dfn.local_filter_forward(padded, filters, out, kh, kw)
+
+
+def _cpp_backward(
+    grad: Tensor,
+    padded: Tensor,
+    filters: Tensor,
+    kh: int,
+    kw: int,
+    need_filters: bool,
+    need_input: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    filters = filters.to(padded.dtype).contiguous()
+    grad = grad.contiguous()
+    grad_filters = torch.empty_like(filters) if need_filters else filters.new_empty(0)
+    grad_u = torch.zeros_like(grad) if need_input else grad.new_empty(0)
+    torch.ops.dfn.local_filter_backward(grad, padded, filters, grad_filters, grad_u, kh, kw)
+    return (grad_filters if need_filters else None), (grad_u if need_input else None)
+
+
+_SHIFT = _InnerLoops(_shift_forward, _shift_backward, contiguous=False)
+_CPP = _InnerLoops(_cpp_forward, _cpp_backward, contiguous=True)
+
+
+class _ShiftLocalFilter(torch.autograd.Function):
+    """Dynamic local filtering as kh*kw shifted products of the padded input.
+
+    Forward: out = sum_t u[shift_t] * f_t, with u = pad(x + bias). Backward, per tap:
+    grad u[shift_t] += g * f_t and grad f_t = g * u[shift_t] (summed over channels when the
+    filters are shared). Sums run in float32 (float64 for float64 inputs). The two inner
+    computations are ``loops`` (an ``_InnerLoops``): one PyTorch op per tap (impl "shift"; the
+    unfolded input is only ever a strided view) or the compiled kernel (impl "cpp"; one pass
+    over the filters per forward and per backward). Besides the outputs, nothing larger than
+    the padded input is allocated, and each pass reads the filter tensor once.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, filters: Tensor, bias: Tensor | None, kh: int, kw: int, loops: _InnerLoops
+    ) -> Tensor:
+        # a channels-last filter tensor would make each tap a strided read of all of it
+        filters = filters.contiguous()
+        # half-precision inputs are summed in float32, float64 ones in float64
+        dtype = torch.promote_types(result_dtype(x, filters, bias), torch.float32)
+        padded = _padded_input(x, bias, kh, kw, dtype, channels_last_ok=not loops.contiguous)
+        layout = torch.contiguous_format if loops.contiguous else torch.preserve_format
+        out = torch.empty_like(x, dtype=dtype, memory_format=layout)
+        loops.forward(padded, filters, kh, kw, out)
+        ctx.save_for_backward(padded, filters)
+        ctx.kernel_size = (kh, kw)
+        ctx.loops = loops
+        ctx.x_dtype = x.dtype
+        ctx.x_layout = (
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            else torch.contiguous_format
+        )
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.bias_channels = None if bias is None else bias.shape[1]
+        return out.to(result_dtype(x, filters, bias))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        padded, filters = ctx.saved_tensors
+        kh, kw = ctx.kernel_size
+        need_x, need_filters, need_bias = ctx.needs_input_grad[:3]
+        grad = grad_out.to(padded.dtype)
+        grad_filters, grad_u = ctx.loops.backward(
+            grad, padded, filters, kh, kw, need_filters, need_x or need_bias
+        )
+        if grad_filters is not None:
+            grad_filters = grad_filters.to(filters.dtype)
+        grad_x = grad_bias = None
+        # grad_u may be a view into a padded buffer (then .contiguous copies it), or a tensor of
+        # its own that can be returned as it is, but not as two gradients
+        if need_x:
+            grad_x = grad_u.to(ctx.x_dtype).contiguous(memory_format=ctx.x_layout)
+        if need_bias:
+            if ctx.bias_channels == 1 and grad_u.shape[1] > 1:
+                grad_u = grad_u.sum(dim=1, keepdim=True)
+            grad_bias = grad_u.to(ctx.bias_dtype).contiguous()
+            if grad_bias is grad_x:
+                grad_bias = grad_bias.clone()
+        return grad_x, grad_filters, grad_bias, None, None, None
+
+
 def dynamic_local_filter(
     x: Tensor,
     filters: Tensor,
@@ -261,7 +456,7 @@ def dynamic_local_filter(
         from dfn.triton_filtering import triton_local_filter
 
         return triton_local_filter(x, filters, (kh, kw), bias)
-    return _ShiftLocalFilter.apply(x, filters, bias, kh, kw)
+    return _ShiftLocalFilter.apply(x, filters, bias, kh, kw, _CPP if impl == "cpp" else _SHIFT)
 
 
 def dynamic_conv(x: Tensor, filters: Tensor, kernel_size) -> Tensor:

@@ -1,5 +1,6 @@
 """The dynamic filtering op: fast implementations against the unfold reference, and its checks."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -11,10 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dfn import filtering
 from dfn.errors import InputError
 from dfn.filtering import (
     DynamicConv,
     DynamicLocalFilter,
+    cpp_available,
     dynamic_conv,
     dynamic_local_filter,
     dynamic_local_filter_reference,
@@ -22,6 +25,9 @@ from dfn.filtering import (
 )
 
 KERNELS = [(1, 1), (3, 3), (9, 9), (11, 11), (1, 13), (13, 13)]
+# the implementations that share _ShiftLocalFilter: PyTorch ops per tap, and the C++ kernel
+# (built on first use; the CI machine has gcc, so it must build there)
+FAST_IMPLS = ["shift", "cpp"]
 
 
 def make_inputs(batch, channels, size, kernel, per_channel, bias_channels, dtype=torch.float64):
@@ -50,46 +56,104 @@ def value_and_grads(fn, x, filters, bias, grad_seed=1):
     return out, grads
 
 
-@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: f"{k[0]}x{k[1]}")
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("per_channel", [False, True], ids=["shared", "per_channel"])
-@pytest.mark.parametrize("bias_channels", [None, 1, "C"], ids=["no_bias", "bias1", "biasC"])
-def test_shift_matches_reference(kernel, channels, per_channel, bias_channels):
-    # H != W, and B = 1 for the three-channel cases
-    batch = 1 if channels == 3 else 2
-    bias_channels = channels if bias_channels == "C" else bias_channels
-    x, filters, bias = make_inputs(batch, channels, (10, 7), kernel, per_channel, bias_channels)
+def assert_matches_reference(impl, x, filters, kernel, bias, **tolerances):
+    """impl's value and gradients against the reference's, on the same inputs."""
     expected, expected_grads = value_and_grads(
         lambda *a: dynamic_local_filter_reference(*a[:2], kernel, a[2]), x, filters, bias
     )
     got, grads = value_and_grads(
-        lambda *a: dynamic_local_filter(*a[:2], kernel, a[2], impl="shift"), x, filters, bias
+        lambda *a: dynamic_local_filter(*a[:2], kernel, a[2], impl=impl), x, filters, bias
     )
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got, expected, **tolerances)
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(grad, expected_grad)
+        torch.testing.assert_close(grad, expected_grad, **tolerances)
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: f"{k[0]}x{k[1]}")
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["shared", "per_channel"])
+@pytest.mark.parametrize("bias_channels", [None, 1, "C"], ids=["no_bias", "bias1", "biasC"])
+def test_matches_reference(impl, kernel, channels, per_channel, bias_channels):
+    # H != W, and B = 1 for the three-channel cases
+    batch = 1 if channels == 3 else 2
+    bias_channels = channels if bias_channels == "C" else bias_channels
+    x, filters, bias = make_inputs(batch, channels, (10, 7), kernel, per_channel, bias_channels)
+    assert_matches_reference(impl, x, filters, kernel, bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(
+    "kernel", [(3, 3), (9, 9), (1, 13), (5, 3)], ids=lambda k: f"{k[0]}x{k[1]}"
+)
+@pytest.mark.parametrize("channels", [1, 3, 6])
+@pytest.mark.parametrize("width", [16, 37, 64])
+def test_cpp_kernel_paths_match_reference(width, channels, kernel, dtype):
+    """Rows wide enough for the C++ kernel's vector code: chunks of 1, 2 and 4 vectors, masked
+    row ends, a scalar tail (37), streaming stores (16, 64), channels summed in blocks of up to
+    4 (6 = 4 + 2); shared and per-channel filters, bias per channel."""
+    tolerances = {} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-4}
+    for per_channel in (False, True):
+        inputs = make_inputs(2, channels, (5, width), kernel, per_channel, channels, dtype=dtype)
+        assert_matches_reference("cpp", inputs[0], inputs[1], kernel, inputs[2], **tolerances)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_non_finite_filters_only_reach_their_pixels(impl):
+    # the C++ kernel reads the filters beyond a row's ends and masks what it read there
+    kernel = (3, 5)
+    x, filters, _ = make_inputs(2, 3, (6, 37), kernel, False, None)
+    with torch.no_grad():
+        filters[0, 0, 3, 0] = float("inf")  # a row's first pixel
+        filters[1, -1, 5, -1] = float("nan")  # the last pixel of the tensor
+        filters[0, 7, 0, 18] = float("-inf")
+    assert_matches_reference(impl, x, filters, kernel, None, equal_nan=True)
+
+
+def test_cpp_results_do_not_depend_on_threads():
+    """Each thread owns whole samples (and channels of per-channel filters): same bits."""
+    threads = torch.get_num_threads()
+    for per_channel in (False, True):
+        x, filters, bias = make_inputs(3, 5, (6, 40), (3, 5), per_channel, 1, dtype=torch.float32)
+        results = []
+        try:
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                out, grads = value_and_grads(
+                    lambda *a: dynamic_local_filter(*a[:2], (3, 5), a[2], impl="cpp"),
+                    x,
+                    filters,
+                    bias,
+                )
+                results.append([out, *grads])
+        finally:
+            torch.set_num_threads(threads)
+        for one, two in zip(*results, strict=True):
+            assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize(
     "kernel, channels, per_channel, bias_channels",
     [((3, 3), 2, False, 1), ((3, 5), 2, True, 2), ((1, 3), 1, False, None), ((5, 3), 3, False, 3)],
 )
-def test_shift_gradcheck(kernel, channels, per_channel, bias_channels):
+def test_gradcheck(impl, kernel, channels, per_channel, bias_channels):
     x, filters, bias = make_inputs(1, channels, (5, 4), kernel, per_channel, bias_channels)
     inputs = [t for t in (x, filters, bias) if t is not None]
 
     def fn(*args):
-        return dynamic_local_filter(args[0], args[1], kernel, *args[2:], impl="shift")
+        return dynamic_local_filter(args[0], args[1], kernel, *args[2:], impl=impl)
 
     assert torch.autograd.gradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("per_channel", [False, True], ids=["shared", "per_channel"])
-def test_shift_low_precision_sums_in_float32(dtype, per_channel):
+def test_low_precision_sums_in_float32(impl, dtype, per_channel):
     x, filters, bias = make_inputs(2, 3, (9, 8), (9, 9), per_channel, 1, dtype=dtype)
     got, grads = value_and_grads(
-        lambda *a: dynamic_local_filter(*a[:2], 9, a[2], impl="shift"), x, filters, bias
+        lambda *a: dynamic_local_filter(*a[:2], 9, a[2], impl=impl), x, filters, bias
     )
     assert got.dtype == dtype and all(g.dtype == dtype for g in grads)
     # 81 products summed in float32: the error is the result's rounding to dtype, not the sum's
@@ -103,7 +167,8 @@ def test_shift_low_precision_sums_in_float32(dtype, per_channel):
         torch.testing.assert_close(value.double(), expected_value, rtol=0, atol=atol)
 
 
-def test_shift_mixed_dtypes_promote_like_reference():
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_mixed_dtypes_promote_like_reference(impl):
     # e.g. float32 frames with bfloat16 filters from a generator run under autocast
     x, filters, bias = make_inputs(1, 2, (5, 6), (3, 3), False, 1, dtype=torch.float32)
     filters = filters.detach().bfloat16().requires_grad_()
@@ -111,7 +176,7 @@ def test_shift_mixed_dtypes_promote_like_reference():
         lambda *a: dynamic_local_filter_reference(*a[:2], 3, a[2]), x, filters, bias
     )
     got, grads = value_and_grads(
-        lambda *a: dynamic_local_filter(*a[:2], 3, a[2], impl="shift"), x, filters, bias
+        lambda *a: dynamic_local_filter(*a[:2], 3, a[2], impl=impl), x, filters, bias
     )
     assert got.dtype == expected.dtype == torch.float32
     torch.testing.assert_close(got, expected)
@@ -120,14 +185,15 @@ def test_shift_mixed_dtypes_promote_like_reference():
         torch.testing.assert_close(grad, expected_grad, atol=1e-2, rtol=1e-2)
 
 
-def test_shift_channels_last_input():
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_channels_last_input(impl):
     x, filters, bias = make_inputs(2, 3, (6, 9), (3, 5), False, 3)
     x_last = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     expected, expected_grads = value_and_grads(
         lambda *a: dynamic_local_filter_reference(*a[:2], (3, 5), a[2]), x, filters, bias
     )
     got, grads = value_and_grads(
-        lambda *a: dynamic_local_filter(*a[:2], (3, 5), a[2], impl="shift"), x_last, filters, bias
+        lambda *a: dynamic_local_filter(*a[:2], (3, 5), a[2], impl=impl), x_last, filters, bias
     )
     torch.testing.assert_close(got, expected)
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
@@ -135,14 +201,31 @@ def test_shift_channels_last_input():
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
-def test_shift_gradients_only_where_asked():
-    x, filters, bias = make_inputs(1, 2, (5, 6), (3, 3), False, 1)
-    x.requires_grad_(False)
-    out = dynamic_local_filter(x, filters, 3, bias, impl="shift")
-    out.sum().backward()
-    assert x.grad is None and filters.grad is not None and bias.grad is not None
-    expected = dynamic_local_filter_reference(x, filters, 3, bias)
-    torch.testing.assert_close(out, expected)
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize(
+    "wanted", ["filters_bias", "x", "filters", "bias", "x_bias"], ids=lambda w: w
+)
+@pytest.mark.parametrize("bias_channels", [1, 2], ids=["bias1", "biasC"])
+def test_gradients_only_where_asked(impl, wanted, bias_channels):
+    inputs = make_inputs(1, 2, (5, 6), (3, 3), False, bias_channels)
+    names = ("x", "filters", "bias")
+    for name, tensor in zip(names, inputs, strict=True):
+        tensor.requires_grad_(name in wanted.split("_"))
+    x, filters, bias = inputs
+    out = dynamic_local_filter(x, filters, 3, bias, impl=impl)
+    weight = torch.arange(out.numel(), dtype=out.dtype).view_as(out)
+    out.backward(weight)
+    reference_inputs = [t.detach().requires_grad_() for t in inputs]
+    reference_out = dynamic_local_filter_reference(*reference_inputs[:2], 3, reference_inputs[2])
+    reference_out.backward(weight)
+    torch.testing.assert_close(out, reference_out)
+    for name, tensor, reference in zip(names, inputs, reference_inputs, strict=True):
+        if name in wanted.split("_"):
+            torch.testing.assert_close(tensor.grad, reference.grad)
+        else:
+            assert tensor.grad is None
+    if "x" in wanted and "bias" in wanted:
+        assert x.grad.data_ptr() != bias.grad.data_ptr()  # two gradients, two tensors
 
 
 def test_impl_choice_and_module():
@@ -152,16 +235,83 @@ def test_impl_choice_and_module():
     assert layer.taps == 9 and layer.generated_channels == 10
     split_filters, split_bias = layer.split(generated)
     torch.testing.assert_close(split_filters.sum(dim=1), torch.ones(1, 4, 5, dtype=x.dtype))
-    expected = dynamic_local_filter_reference(x, split_filters, 3, split_bias)
-    torch.testing.assert_close(layer(x, generated), expected)
-    # on CPU, auto is the shift implementation
+    expected_layer = dynamic_local_filter_reference(x, split_filters, 3, split_bias)
+    torch.testing.assert_close(layer(x, generated), expected_layer)
+    # on CPU, auto is the C++ implementation, which builds here (and must, on CI)
+    assert cpp_available() and filtering._resolve_impl("auto", x) == "cpp"
     expected = dynamic_local_filter_reference(x, filters, 3, bias)
-    for impl in ("auto", "reference"):
+    for impl in ("auto", "reference", "shift", "cpp"):
         torch.testing.assert_close(dynamic_local_filter(x, filters, 3, bias, impl=impl), expected)
+        layer = DynamicLocalFilter(3, dynamic_bias=True, impl=impl)
+        torch.testing.assert_close(layer(x, generated), expected_layer)
     with pytest.raises(InputError, match="impl must be one of"):
         dynamic_local_filter(x, filters, 3, impl="unfold")
     with pytest.raises(InputError, match="impl must be one of"):
         DynamicLocalFilter(3, impl="cuda")
+
+
+def test_auto_falls_back_to_shift_once_without_the_cpp_kernel(monkeypatch):
+    monkeypatch.setattr(filtering, "_cpp_problem", lambda: "no C++ compiler (test)")
+    x, filters, bias = make_inputs(1, 1, (4, 5), (3, 3), False, 1)
+    expected = dynamic_local_filter_reference(x, filters, 3, bias)
+    with pytest.warns(RuntimeWarning, match=r"'shift'.*no C\+\+ compiler \(test\)") as caught:
+        for _ in range(3):
+            torch.testing.assert_close(dynamic_local_filter(x, filters, 3, bias), expected)
+    assert len(caught) == 1
+    assert filtering._resolve_impl("auto", x) == "shift"
+    with pytest.raises(InputError, match=r"impl='cpp'.*no C\+\+ compiler \(test\)"):
+        dynamic_local_filter(x, filters, 3, bias, impl="cpp")
+
+
+def test_cpp_impl_needs_cpu_tensors():
+    x, filters = torch.zeros(1, 1, 4, 5, device="meta"), torch.zeros(1, 9, 4, 5, device="meta")
+    with pytest.raises(InputError, match="impl='cpp' needs CPU tensors, got x on meta"):
+        dynamic_local_filter(x, filters, 3, impl="cpp")
+
+
+def test_cpp_build_failure_is_reported(tmp_path):
+    """No compiler, for real: auto warns once and uses shift; impl='cpp' names the problem.
+
+    A fresh extension folder, so that nothing is cached; in its own process, so that this
+    session's loaded kernel does not count.
+    """
+    script = textwrap.dedent(
+        """
+        import warnings
+        import torch
+        from dfn.errors import InputError
+        from dfn.filtering import dynamic_local_filter, dynamic_local_filter_reference
+
+        x, filters = torch.randn(1, 2, 4, 5), torch.randn(1, 9, 4, 5)
+        expected = dynamic_local_filter_reference(x, filters, 3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                torch.testing.assert_close(dynamic_local_filter(x, filters, 3), expected)
+        assert len(caught) == 1, caught
+        print("WARNING:", caught[0].message)
+        try:
+            dynamic_local_filter(x, filters, 3, impl="cpp")
+        except InputError as error:
+            print("ERROR:", error)
+        """
+    )
+    env = {
+        **os.environ,
+        "CXX": str(tmp_path / "no-such-compiler"),
+        "TORCH_EXTENSIONS_DIR": str(tmp_path),
+    }
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiling the C++ kernels" in done.stderr
+    warning, error = done.stdout.split("ERROR:")
+    for message in (warning, error):
+        assert "local_filter.cpp) is not available" in message
+        assert "no-such-compiler: not found" in message
+    assert "'shift'" in warning and "impl='cpp'" in error
 
 
 def test_triton_impl_needs_cuda(monkeypatch):
@@ -264,11 +414,15 @@ BAD_LOCAL = [  # x shape, filters shape, bias shape, kernel, what the message mu
 ]
 
 
-@pytest.mark.parametrize("impl", ["reference", "shift"])
+@pytest.mark.parametrize("impl", ["reference", *FAST_IMPLS])
 @pytest.mark.parametrize("x_shape, filter_shape, bias_shape, kernel, named", BAD_LOCAL)
 def test_local_filter_rejects_bad_shapes(impl, x_shape, filter_shape, bias_shape, kernel, named):
     bias = None if bias_shape is None else torch.zeros(bias_shape)
-    fn = dynamic_local_filter_reference if impl == "reference" else dynamic_local_filter
+    fn = (
+        dynamic_local_filter_reference
+        if impl == "reference"
+        else functools.partial(dynamic_local_filter, impl=impl)
+    )
     with pytest.raises(InputError) as error:
         fn(torch.zeros(x_shape), torch.zeros(filter_shape), kernel, bias)
     assert isinstance(error.value, ValueError)
