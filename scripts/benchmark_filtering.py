@@ -3,10 +3,10 @@
     python scripts/benchmark_filtering.py [--device cpu|cuda] [--threads N] [--min-time SECONDS]
 
 For each shape, forward (no grad) and forward+backward of every implementation available on the
-device (the unfold reference, shift, and Triton on CUDA), in one process: the median wall time
-over interleaved repetitions (with the interquartile range), the speed-up over the reference, the
-ratio to the memory-traffic lower bound (the bytes the op must read and write, at this machine's
-copy bandwidth measured in the same run), and the peak memory allocated during one
+device (the unfold reference, shift, the C++ kernel on CPU, Triton on CUDA), in one process: the
+median wall time over interleaved repetitions (with the interquartile range), the speed-up over
+the reference, the ratio to the memory-traffic lower bound (the bytes the op must read and write,
+at this machine's copy bandwidth measured in the same run), and the peak memory allocated during one
 forward+backward call, outputs and gradients included, as a multiple of the filter tensor's
 size. On CPU it also reports the process CPU time per call: with one thread it is the time the
 op would take on an idle core, which wall time on a shared, loaded machine is not.
@@ -227,7 +227,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_cpu = device.type == "cpu"
-    impls = ["reference", "shift"] + (["triton"] if not on_cpu and triton_available() else [])
+    impls = ["reference", "shift"] + (["cpp"] if on_cpu else [])
+    impls += ["triton"] if not on_cpu and triton_available() else []
 
     name = cpu_model() if on_cpu else torch.cuda.get_device_name(device)
     bandwidth = copy_bandwidth(device)
