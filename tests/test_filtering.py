@@ -310,7 +310,7 @@ def test_cpp_build_failure_is_reported(tmp_path):
     warning, error = done.stdout.split("ERROR:")
     for message in (warning, error):
         assert "local_filter.cpp) is not available" in message
-        assert "no-such-compiler: not found" in message
+        assert "no-such-compiler" in message  # the shell saying it is not there
     assert "'shift'" in warning and "impl='cpp'" in error
 
 
