@@ -8,11 +8,12 @@ and the output has the input's spatial size.
 ``dynamic_local_filter`` has four implementations behind one signature (``impl``):
 ``"reference"`` unfolds the input (kh*kw copies of it; simple, the one the others are tested
 on), ``"shift"`` accumulates kh*kw shifted products with one PyTorch op per tap and never
-unfolds (CPU, or CUDA without Triton), ``"cpp"`` computes the same sums in a compiled CPU kernel
+unfolds (any device; the CPU fallback), ``"cpp"`` computes the same sums in a compiled CPU kernel
 (``dfn/csrc/local_filter.cpp``, built on first use) that makes one pass over the filters per
 forward and one per backward, ``"triton"`` runs the kernels of ``dfn.triton_filtering`` (CUDA).
-``"auto"`` picks Triton on CUDA when it imports, otherwise shift; on CPU, cpp when it builds,
-otherwise shift (with a warning). docs/PERFORMANCE.md has the measurements.
+``"auto"`` picks the fastest measured: on CPU, cpp when it builds, otherwise shift (with a
+warning); on CUDA, Triton when it imports, otherwise the reference. docs/PERFORMANCE.md has the
+measurements.
 """
 
 from __future__ import annotations
@@ -196,7 +197,9 @@ def _resolve_impl(impl: str, x: Tensor) -> str:
         raise InputError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         if x.device.type != "cpu":
-            return "triton" if x.is_cuda and triton_available() else "shift"
+            # without Triton the unfold reference: on an H200 it beat shift's per-tap launches
+            # at every paper shape (docs/PERFORMANCE.md)
+            return "triton" if x.is_cuda and triton_available() else "reference"
         problem = _cpp_problem()
         if problem is None:
             return "cpp"

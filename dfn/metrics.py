@@ -2,9 +2,9 @@
 
 Table 1 reports the BCE summed over the 64x64 pixels of a frame, averaged over the predicted frames
 and the test sequences; MSE and MAE follow OpenSTL's per-frame-summed convention. SSIM and PSNR
-come from torchmetrics; a frame predicted exactly (the copy-last baseline, when both digits happen to
-stand where they stood) has infinite PSNR, so per-frame PSNR is capped at ``PSNR_CAP`` dB before
-averaging. ``PredictionMetrics`` averages all of them, overall and per horizon, with
+come from torchmetrics; a frame predicted exactly (the copy-last baseline, when both digits
+happen to stand where they stood) has infinite PSNR, so per-frame PSNR is capped at ``PSNR_CAP``
+dB before averaging. ``PredictionMetrics`` averages all of them, overall and per horizon, with
 torchmetrics' ``MeanMetric`` so they reduce correctly across processes.
 """
 

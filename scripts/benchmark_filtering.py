@@ -9,7 +9,9 @@ the reference, the ratio to the memory-traffic lower bound (the bytes the op mus
 at this machine's copy bandwidth measured in the same run), and the peak memory allocated during one
 forward+backward call, outputs and gradients included, as a multiple of the filter tensor's
 size. On CPU it also reports the process CPU time per call: with one thread it is the time the
-op would take on an idle core, which wall time on a shared, loaded machine is not.
+op would take on an idle core, which wall time on a shared, loaded machine is not. On CUDA it also
+reports the GPU time per call spent in kernels (from the profiler), without the launch overhead
+that dominates the wall time of the paper's small shapes.
 Prints Markdown (docs/PERFORMANCE.md).
 """
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from dfn.filtering import dynamic_local_filter, triton_available
@@ -61,6 +64,9 @@ CASES = [  # the paper's layers: video (9x9), moving MNIST (11x11, dynamic bias)
     Case("B16 C1 64x64 1x13", 16, 1, (64, 64), (1, 13), bias=False),
     Case("B16 C3 128x128 9x9", 16, 3, (128, 128), (9, 9), bias=False),
 ]
+# On a GPU the shapes above fit in L2 cache and take microseconds (launches count); this one
+# moves gigabytes, which is what the memory-traffic bound is about.
+GPU_CASES = [Case("B64 C3 256x256 9x9", 64, 3, (256, 256), (9, 9), bias=False)]
 
 
 def synchronize(device: torch.device) -> None:
@@ -172,6 +178,19 @@ def time_impls(
     return samples
 
 
+def kernel_seconds(call: Callable[[], None], inputs, device: torch.device, calls: int = 5) -> float:
+    """Seconds per call that the GPU spends running kernels (torch.profiler's CUDA events): the
+    op's own cost, without the Python, dispatch and launch time between kernels, which at small
+    shapes is most of the wall time. 0 when the profiler recorded no kernels."""
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            clear_grads(inputs)
+            call()
+        synchronize(device)
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in kernels) / 1e6 / calls
+
+
 def peak_extra_memory(call: Callable[[], None], inputs, device: torch.device) -> int:
     """Peak bytes allocated during one call above what was allocated before it."""
     clear_grads(inputs)
@@ -249,10 +268,11 @@ def main() -> None:
         )
         print("- load average before: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print()
-    cpu_head = " CPU ms | CPU speed-up | CPU / bound |" if on_cpu else ""
-    print(f"| shape | pass | impl | ms (IQR) | speed-up | / bound |{cpu_head} peak extra |")
-    print("|---" * (7 + 3 * on_cpu) + "|")
-    for case in [c for c in CASES if args.only is None or args.only in c.name]:
+    extra_head = " CPU ms | CPU speed-up | CPU / bound |" if on_cpu else " GPU ms | GPU / bound |"
+    print(f"| shape | pass | impl | ms (IQR) | speed-up | / bound |{extra_head} peak extra |")
+    print("|---" * (9 + on_cpu) + "|")
+    cases = CASES + (GPU_CASES if not on_cpu else [])
+    for case in [c for c in cases if args.only is None or args.only in c.name]:
         for backward in (False, True):
             inputs = case.inputs(device, requires_grad=backward)
             calls = {impl: make_call(impl, case, inputs, backward) for impl in impls}
@@ -278,6 +298,9 @@ def main() -> None:
                         f"{reference['cpu'] / cpu:.1f}x",
                         f"{cpu * bandwidth.cpu / moved:.1f}",
                     ]
+                else:
+                    gpu = kernel_seconds(calls[impl], inputs, device)
+                    cells += [f"{gpu * 1e3:.3f}", f"{gpu * bandwidth.wall / moved:.1f}"]
                 if backward:
                     peak = peak_extra_memory(calls[impl], inputs, device)
                     cells.append(f"{peak / MB:.0f} MB = {peak / filter_bytes:.2f}x filters")

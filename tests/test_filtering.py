@@ -250,6 +250,12 @@ def test_impl_choice_and_module():
         DynamicLocalFilter(3, impl="cuda")
 
 
+def test_auto_off_the_cpu_is_triton_or_else_the_reference(monkeypatch):
+    x = torch.zeros(1, 1, 2, 2, device="meta")  # any non-CPU device; tests/test_cuda.py: CUDA
+    monkeypatch.setattr(filtering, "triton_available", lambda: False)
+    assert filtering._resolve_impl("auto", x) == "reference"
+
+
 def test_auto_falls_back_to_shift_once_without_the_cpp_kernel(monkeypatch):
     monkeypatch.setattr(filtering, "_cpp_problem", lambda: "no C++ compiler (test)")
     x, filters, bias = make_inputs(1, 1, (4, 5), (3, 3), False, 1)
