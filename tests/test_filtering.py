@@ -345,6 +345,8 @@ def test_triton_kernels_in_interpreter():
             ((2, 3, 4, 5), (2, 3, 15, 4, 5), (2, 3, 4, 5), (3, 5), False),
             # one channel, a 1x13 kernel wider than the image, no bias
             ((1, 1, 3, 8), (1, 13, 3, 8), None, (1, 13), False),
+            # more pixels than a block (64 in the interpreter), per-channel, broadcast bias
+            ((2, 2, 9, 10), (2, 2, 9, 9, 10), (2, 1, 9, 10), (3, 3), False),
         ]
         for x_shape, f_shape, b_shape, kernel, channels_last in cases:
             gen = torch.Generator().manual_seed(0)
