@@ -411,8 +411,14 @@ class MovingMNISTDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return stream_loader(self, self.train_set, self.batch_size, self.steps_per_epoch,
-                             num_workers=self.num_workers, pin_memory=self.pin_memory)
+        return stream_loader(
+            self,
+            self.train_set,
+            self.batch_size,
+            self.steps_per_epoch,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -19,8 +19,20 @@ from datamodules.stream import sample_rng, stream_loader
 from dfn.steerable import steer
 
 SPLITS = {
-    "train": ("astronaut", "brick", "chelsea", "coffee", "grass", "gravel", "hubble_deep_field",
-              "immunohistochemistry", "retina", "cell", "page", "text"),
+    "train": (
+        "astronaut",
+        "brick",
+        "chelsea",
+        "coffee",
+        "grass",
+        "gravel",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "cell",
+        "page",
+        "text",
+    ),
     "val": ("moon",),
     "test": ("camera", "coins", "rocket"),
 }
@@ -46,8 +58,15 @@ def random_crop(images: list[np.ndarray], rng: np.random.Generator, size: int) -
 class SteerableCrops(Dataset):
     """Sample i: a crop and an angle drawn from ``sample_rng(seed, i)``, and its target."""
 
-    def __init__(self, images, seed: int, size: int, length: int | None = None,
-                 kernel_size: int = 9, sigma: float = 1.0) -> None:
+    def __init__(
+        self,
+        images,
+        seed: int,
+        size: int,
+        length: int | None = None,
+        kernel_size: int = 9,
+        sigma: float = 1.0,
+    ) -> None:
         self.images, self.seed, self.size, self.length = images, seed, size, length
         self.kernel_size, self.sigma = kernel_size, sigma
 
@@ -64,9 +83,18 @@ class SteerableCrops(Dataset):
 
 
 class SteerableDataModule(LightningDataModule):
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
-                 steps_per_epoch: int = 1000, crop_size: int = 64, val_size: int = 512,
-                 test_size: int = 2048, kernel_size: int = 9, sigma: float = 1.0) -> None:
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        steps_per_epoch: int = 1000,
+        crop_size: int = 64,
+        val_size: int = 512,
+        test_size: int = 2048,
+        kernel_size: int = 9,
+        sigma: float = 1.0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
 
@@ -79,14 +107,23 @@ class SteerableDataModule(LightningDataModule):
         self.test_set = SteerableCrops(load_images(SPLITS["test"]), 2, length=hp.test_size, **args)
 
     def _loader(self, dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.hparams.batch_size,
-                          num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return stream_loader(self, self.train_set, hp.batch_size, hp.steps_per_epoch,
-                             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        return stream_loader(
+            self,
+            self.train_set,
+            hp.batch_size,
+            hp.steps_per_epoch,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

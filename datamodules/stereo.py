@@ -327,8 +327,14 @@ class StereoDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return stream_loader(self, self.train_set, hp.batch_size, hp.steps_per_epoch,
-                             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        return stream_loader(
+            self,
+            self.train_set,
+            hp.batch_size,
+            hp.steps_per_epoch,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._fixed_loader(self.val_set)

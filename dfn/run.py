@@ -114,8 +114,11 @@ def device_name(trainer: L.Trainer) -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     processes = f" x{trainer.world_size} processes" if trainer.world_size > 1 else ""
     return f"CPU {cpu}, {torch.get_num_threads()} threads{processes}"

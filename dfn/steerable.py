@@ -40,15 +40,17 @@ def steer(images: Tensor, theta: Tensor, size: int = 9, sigma: float = 1.0) -> T
 
     Steerability makes this two ordinary convolutions: cos(theta) (Gx * I) + sin(theta) (Gy * I).
     """
-    basis = F.conv2d(images, gaussian_derivatives(size, sigma).to(images).unsqueeze(1),
-                     padding=size // 2)
+    basis = F.conv2d(
+        images, gaussian_derivatives(size, sigma).to(images).unsqueeze(1), padding=size // 2
+    )
     theta = theta.to(images).view(-1, 1, 1)
     return (torch.cos(theta) * basis[:, 0] + torch.sin(theta) * basis[:, 1]).unsqueeze(1)
 
 
 class SteerableFilterTask(DFNTask):
-    def __init__(self, generator: MLPFilterGenerator, kernel_size: int = 9, sigma: float = 1.0,
-                 **kwargs) -> None:
+    def __init__(
+        self, generator: MLPFilterGenerator, kernel_size: int = 9, sigma: float = 1.0, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False, ignore=["generator", "optimizer", "scheduler"])
         self.generator = generator
@@ -93,11 +95,13 @@ class SteerableFilterTask(DFNTask):
 
     def on_test_epoch_end(self) -> None:
         mse, mean, mean_sq = (self.test_means[k].compute() for k in ("mse", "target", "target_sq"))
-        self.log_test_metrics({
-            "mse": mse,
-            "relative_mse": mse / (mean_sq - mean**2),
-            "filter_cosine": self.filter_cosine(),
-        })
+        self.log_test_metrics(
+            {
+                "mse": mse,
+                "relative_mse": mse / (mean_sq - mean**2),
+                "filter_cosine": self.filter_cosine(),
+            }
+        )
         for metric in self.test_means.values():
             metric.reset()
 

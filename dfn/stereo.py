@@ -69,8 +69,10 @@ class StereoPredictionTask(DFNTask):
             disparity = self.disparity(filters)
             if disparity is not None:
                 reach = self.predictor.filtering.kernel_size[1] // 2
-                maps = [colorize(disparity[:n], -reach, reach),
-                        colorize(batch["disparity"][:n], -reach, reach)]
+                maps = [
+                    colorize(disparity[:n], -reach, reach),
+                    colorize(batch["disparity"][:n], -reach, reach),
+                ]
                 self.log_image("val/disparity_vs_ground_truth", sequence_grid(maps))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:

@@ -93,8 +93,10 @@ def main() -> None:
     batch = make_batch(cfg, args.batch_size, device)
     on_gpu = device.type == "cuda"
     where = torch.cuda.get_device_name(device) if on_gpu else f"{args.threads} threads"
-    print(f"# {' '.join(args.overrides)}, batch {args.batch_size}, {where}, "
-          f"torch {torch.__version__}, median of {args.steps} steps")
+    print(
+        f"# {' '.join(args.overrides)}, batch {args.batch_size}, {where}, "
+        f"torch {torch.__version__}, median of {args.steps} steps"
+    )
     print("| variant | s / step | it / s | speed-up |\n|---|---|---|---|")
     if on_gpu:  # CUDA context, cuDNN's algorithm search, the allocator: not the first variant's
         time_variant(cfg, batch, 1, device)
@@ -102,8 +104,10 @@ def main() -> None:
     for name in args.variants.split(","):
         seconds = time_variant(cfg, batch, args.steps, device, **VARIANTS[name])
         reference = reference or seconds
-        print(f"| {name} | {seconds:.3f} | {1 / seconds:.2f} | {reference / seconds:.2f}x |",
-              flush=True)
+        print(
+            f"| {name} | {seconds:.3f} | {1 / seconds:.2f} | {reference / seconds:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -142,8 +142,13 @@ def group_runs(runs: list[Run]) -> list[Row]:
         key = (run.experiment, run.job, run.configuration)
         rows.setdefault(key, Row(*key)).runs.append(run)
     order = list(PAPER_RESULTS)
-    ordered = sorted(rows.values(), key=lambda r: (
-        order.index(r.experiment) if r.experiment in order else len(order), r.experiment))
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (
+            order.index(r.experiment) if r.experiment in order else len(order),
+            r.experiment,
+        ),
+    )
     for i, row in enumerate(ordered):
         row.label = f"{i:02d}_{row.name}"
     return ordered
@@ -197,7 +202,8 @@ def table_1_row(row: Row) -> str:
     base = row.metric.rsplit("/", 1)[-1]
     references = [
         f"{label}: {row.summary(f'test/{p}/{base}')}"
-        for p, label in REFERENCE_PREDICTORS.items() if row.values(f"test/{p}/{base}")
+        for p, label in REFERENCE_PREDICTORS.items()
+        if row.values(f"test/{p}/{base}")
     ]
     others = [f"{label} {row.summary(k)}" for k, label in OTHER_METRICS.items() if row.values(k)]
     parameters = sorted({r.metrics.get("parameters") for r in row.runs} - {None})
@@ -257,8 +263,12 @@ def horizon_figures(rows: list[Row], figures: Path) -> list[Path]:
             key = f"test/{predictor}/{base}"
             if f"{key}_t1" in first.runs[0].metrics:
                 horizon = horizon_of(first.runs[0].metrics, key)
-                ax.plot(horizon, [first.runs[0].metrics[f"{key}_t{k}"] for k in horizon],
-                        "k--", label=label)
+                ax.plot(
+                    horizon,
+                    [first.runs[0].metrics[f"{key}_t{k}"] for k in horizon],
+                    "k--",
+                    label=label,
+                )
         ax.set_xlabel("predicted frame t+k")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(first.reference.metric_label if first.reference else first.metric)
@@ -338,12 +348,22 @@ def write_report(run_dirs: list[Path], out: Path, command: str) -> Path:
         "values: `dfn/reference_results.py` (from the authors' code and README).",
     ]
     if short:
-        lines += ["", "**Runs marked *short* trained fewer steps than the paper's schedule "
-                  "(smoke, debug or short CPU runs): their numbers are not comparable with the "
-                  "paper's. The paper's schedules on one GPU: "
-                  "`scripts/reproduce.sh`.**"]
-    lines += ["", "## Table 1", "", "Rows are numbered as their figures are.", "",
-              *table_1(rows), ""]
+        lines += [
+            "",
+            "**Runs marked *short* trained fewer steps than the paper's schedule "
+            "(smoke, debug or short CPU runs): their numbers are not comparable with the "
+            "paper's. The paper's schedules on one GPU: "
+            "`scripts/reproduce.sh`.**",
+        ]
+    lines += [
+        "",
+        "## Table 1",
+        "",
+        "Rows are numbered as their figures are.",
+        "",
+        *table_1(rows),
+        "",
+    ]
     if any(r.experiment.startswith("moving_mnist") for r in rows):
         others = ", ".join(f"{k} {v}" for k, v in OTHER_MOVING_MNIST.items())
         lines += [f"Other Moving MNIST results in the paper (BCE per frame): {others}.", ""]
@@ -363,8 +383,12 @@ def write_report(run_dirs: list[Path], out: Path, command: str) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("outputs/report/RESULTS.md"),
-                        help="the Markdown report; figures go to figures/ beside it")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/report/RESULTS.md"),
+        help="the Markdown report; figures go to figures/ beside it",
+    )
     args = parser.parse_args(argv)
     with reporting_user_errors():
         command = shlex.join(["python", "scripts/report.py", *(argv or sys.argv[1:])])

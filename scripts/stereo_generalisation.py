@@ -44,10 +44,12 @@ def main() -> None:
         truth, disparity = batch["disparity"], model.disparity(filters)
         valid = model.scorable(truth)
         d, t = disparity[valid], truth[valid]
-        print(f"| {name} | {len(dataset)} | {per_frame(prediction, batch['right']):.2f} | "
-              f"{per_frame(batch['left'], batch['right']):.2f} | {(d - t).abs().mean():.3f} | "
-              f"{t.abs().mean():.3f} | {(t - t.mean()).abs().mean():.3f} | "
-              f"{torch.corrcoef(torch.stack([d, t]))[0, 1]:.3f} |")
+        print(
+            f"| {name} | {len(dataset)} | {per_frame(prediction, batch['right']):.2f} | "
+            f"{per_frame(batch['left'], batch['right']):.2f} | {(d - t).abs().mean():.3f} | "
+            f"{t.abs().mean():.3f} | {(t - t.mean()).abs().mean():.3f} | "
+            f"{torch.corrcoef(torch.stack([d, t]))[0, 1]:.3f} |"
+        )
 
 
 if __name__ == "__main__":

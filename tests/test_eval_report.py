@@ -30,8 +30,14 @@ RUNS = {
 
 def run_script(script: str, *overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def load_report_module():
@@ -53,9 +59,19 @@ def smoke_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     jobs = {
         name: subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp / name}",
-             f"paths.log_dir={tmp}", f"paths.data_dir={data_dir}"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                *overrides,
+                f"hydra.run.dir={tmp / name}",
+                f"paths.log_dir={tmp}",
+                f"paths.data_dir={data_dir}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name, overrides in RUNS.items()
     }
@@ -82,8 +98,9 @@ def test_eval_reproduces_the_training_runs_test_metrics(smoke_runs, compose_cfg,
 
 
 def test_eval_refuses_a_missing_checkpoint(compose_cfg, tmp_path):
-    cfg = compose_cfg(["experiment=stereo", f"ckpt_path={tmp_path / 'none.ckpt'}"],
-                      config_name="eval")
+    cfg = compose_cfg(
+        ["experiment=stereo", f"ckpt_path={tmp_path / 'none.ckpt'}"], config_name="eval"
+    )
     with pytest.raises(InputError, match="ckpt_path must name a checkpoint file"):
         evaluate(cfg)
 
@@ -95,9 +112,14 @@ def test_eval_cli_takes_the_training_overrides(smoke_runs, tmp_path, data_dir):
     with h5py.File(test_file, "w") as f:
         f["highway_L"], f["highway_R"] = frames, frames
     checkpoint = json.loads((smoke_runs["stereo"] / "metrics.json").read_text())["best_checkpoint"]
-    result = run_script("eval.py", *RUNS["stereo"], f"ckpt_path={checkpoint}",
-                        f"data.test_path={test_file}", f"paths.log_dir={tmp_path}",
-                        f"paths.data_dir={data_dir}")
+    result = run_script(
+        "eval.py",
+        *RUNS["stereo"],
+        f"ckpt_path={checkpoint}",
+        f"data.test_path={test_file}",
+        f"paths.log_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics_path,) = (tmp_path / "eval").glob("*_stereo/metrics.json")
     metrics = json.loads(metrics_path.read_text())

@@ -15,13 +15,24 @@ from dfn.predictor import EPS, DynamicFilterPredictor
 
 
 def mnist_generator(**kwargs):
-    return FilterGenerator(image_size=16, encoder=[8, "8s2", 16], recurrent=[16, 16],
-                           decoder=[8, "up", 8], head=[16], **kwargs)
+    return FilterGenerator(
+        image_size=16,
+        encoder=[8, "8s2", 16],
+        recurrent=[16, 16],
+        decoder=[8, "up", 8],
+        head=[16],
+        **kwargs,
+    )
 
 
 def make_predictor(mode="dfn", frames_per_step=1, kernel_size=5, dynamic_bias=False, **kwargs):
-    return DynamicFilterPredictor(mnist_generator, DynamicLocalFilter(kernel_size, True,
-                                  dynamic_bias), mode, frames_per_step, **kwargs)
+    return DynamicFilterPredictor(
+        mnist_generator,
+        DynamicLocalFilter(kernel_size, True, dynamic_bias),
+        mode,
+        frames_per_step,
+        **kwargs,
+    )
 
 
 def test_he_uniform_init_bounds_and_zero_biases():
@@ -105,8 +116,9 @@ def test_frame_metrics_are_summed_over_the_pixels_of_a_frame():
     assert m["mse"].shape == (2, 3)
     assert torch.allclose(m["mse"][1, 2], ((prediction - target)[1, 2] ** 2).sum())
     assert torch.allclose(m["mae"][0, 1], (prediction - target)[0, 1].abs().sum())
-    bce = F.binary_cross_entropy(prediction[1, 0].clamp(EPS, 1 - EPS), target[1, 0],
-                                 reduction="sum")
+    bce = F.binary_cross_entropy(
+        prediction[1, 0].clamp(EPS, 1 - EPS), target[1, 0], reduction="sum"
+    )
     assert torch.allclose(m["bce"][1, 0], bce, rtol=1e-5)
     ssim = structural_similarity_index_measure(prediction[0, 2:], target[0, 2:], data_range=1.0)
     assert torch.allclose(m["ssim"][0, 2], ssim)

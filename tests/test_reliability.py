@@ -91,29 +91,48 @@ def add_callback(cfg, **signal_at) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["experiment=moving_mnist", "model.predictor.filtering.kernel_size=8"],
-         "model.predictor.filtering: kernel_size must be odd and positive, got 8"),
-        (["experiment=steerable", "model.kernel_size=0"],
-         "model: kernel_size must be odd and positive, got 0"),
-        (["experiment=steerable", "model.generator.out_features=80"],
-         "model.generator.out_features=80, but a 9x9 filter (model.kernel_size=9) has 81 taps"),
-        (["experiment=moving_mnist", "+model.predictor.generator.out_channels=80"],
-         "model.predictor.generator.out_channels=80, but the predictor sets it"),
-        (["experiment=moving_mnist", "model.num_predicted=11"],
-         "data.num_frames=20, but a sequence is model.num_input=10 frames in and "
-         "model.num_predicted=11 out: expected data.num_frames=21"),
-        (["experiment=highway", "model.num_input=1"],
-         "needs num_input >= 2 and num_predicted >= 1; got num_input=1"),
-        (["experiment=highway", "data.num_predicted=2"],
-         "data.num_predicted=2 but model.num_predicted=3"),
-        (["experiment=stereo", "data.batch_size=0"],
-         "data.batch_size must be a positive integer, got 0"),
-        (["experiment=moving_mnist", "data.test_path=/nonexistent/mnist_test_seq.npy"],
-         "data.test_path=/nonexistent/mnist_test_seq.npy: no such file"),
+        (
+            ["experiment=moving_mnist", "model.predictor.filtering.kernel_size=8"],
+            "model.predictor.filtering: kernel_size must be odd and positive, got 8",
+        ),
+        (
+            ["experiment=steerable", "model.kernel_size=0"],
+            "model: kernel_size must be odd and positive, got 0",
+        ),
+        (
+            ["experiment=steerable", "model.generator.out_features=80"],
+            "model.generator.out_features=80, but a 9x9 filter (model.kernel_size=9) has 81 taps",
+        ),
+        (
+            ["experiment=moving_mnist", "+model.predictor.generator.out_channels=80"],
+            "model.predictor.generator.out_channels=80, but the predictor sets it",
+        ),
+        (
+            ["experiment=moving_mnist", "model.num_predicted=11"],
+            "data.num_frames=20, but a sequence is model.num_input=10 frames in and "
+            "model.num_predicted=11 out: expected data.num_frames=21",
+        ),
+        (
+            ["experiment=highway", "model.num_input=1"],
+            "needs num_input >= 2 and num_predicted >= 1; got num_input=1",
+        ),
+        (
+            ["experiment=highway", "data.num_predicted=2"],
+            "data.num_predicted=2 but model.num_predicted=3",
+        ),
+        (
+            ["experiment=stereo", "data.batch_size=0"],
+            "data.batch_size must be a positive integer, got 0",
+        ),
+        (
+            ["experiment=moving_mnist", "data.test_path=/nonexistent/mnist_test_seq.npy"],
+            "data.test_path=/nonexistent/mnist_test_seq.npy: no such file",
+        ),
     ],
 )
-def test_config_mistakes_are_one_line_before_training(compose_cfg, tmp_path, capsys, overrides,
-                                                      message):
+def test_config_mistakes_are_one_line_before_training(
+    compose_cfg, tmp_path, capsys, overrides, message
+):
     code, stderr = train_py(compose_cfg(overrides), capsys)
     assert code == 1
     assert message in error_line(stderr)
@@ -154,13 +173,20 @@ def test_full_error_shows_the_traceback(compose_cfg, monkeypatch):
 
 def train_cli(*overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_unknown_key_is_refused_by_the_cli(tmp_path):
-    result = train_cli("experiment=steerable", "model.optimiser.lr=0.01",
-                       f"paths.log_dir={tmp_path}")
+    result = train_cli(
+        "experiment=steerable", "model.optimiser.lr=0.01", f"paths.log_dir={tmp_path}"
+    )
     assert result.returncode != 0
     assert "Could not override 'model.optimiser.lr'" in result.stderr
     assert "Key 'optimiser' is not in struct" in result.stderr
@@ -169,12 +195,20 @@ def test_unknown_key_is_refused_by_the_cli(tmp_path):
 
 def test_corrupt_data_file_through_the_cli(tmp_path):
     """A truncated HDF5 file: one line naming it, exit 1, no metrics or checkpoints written."""
-    path = write_h5_atomic(tmp_path / "pairs.h5", {
-        "highway_L": np.zeros((4, 64, 64), np.uint8), "highway_R": np.zeros((4, 64, 64), np.uint8)
-    })
+    path = write_h5_atomic(
+        tmp_path / "pairs.h5",
+        {
+            "highway_L": np.zeros((4, 64, 64), np.uint8),
+            "highway_R": np.zeros((4, 64, 64), np.uint8),
+        },
+    )
     path.write_bytes(path.read_bytes()[:3000])
-    result = train_cli("experiment=stereo", f"data.train_path={path}", f"data.test_path={path}",
-                       f"paths.log_dir={tmp_path / 'outputs'}")
+    result = train_cli(
+        "experiment=stereo",
+        f"data.train_path={path}",
+        f"data.test_path={path}",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+    )
     assert result.returncode == 1
     line = error_line(result.stderr)
     assert f"cannot read {path}: corrupt or truncated HDF5 file" in line
@@ -185,8 +219,9 @@ def test_corrupt_data_file_through_the_cli(tmp_path):
 # --------------------------------------------------------------------------- faults in training
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(compose_cfg, tmp_path, capsys,
-                                                                  monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    compose_cfg, tmp_path, capsys, monkeypatch
+):
     training_step = SteerableFilterTask.training_step
 
     def diverging_step(self, batch, batch_idx):
@@ -194,8 +229,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(compose_cfg, t
         return loss * float("nan") if self.global_step == 3 else loss
 
     monkeypatch.setattr(SteerableFilterTask, "training_step", diverging_step)
-    cfg = compose_cfg(["experiment=steerable", *smoke_overrides("steerable"),
-                       "data.steps_per_epoch=2", "trainer.max_steps=6"])
+    cfg = compose_cfg(
+        [
+            "experiment=steerable",
+            *smoke_overrides("steerable"),
+            "data.steps_per_epoch=2",
+            "trainer.max_steps=6",
+        ]
+    )
     code, stderr = train_py(cfg, capsys)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert code == 1
@@ -210,8 +251,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(compose_cfg, t
 
 
 def test_second_ctrl_c_stops_at_once_without_saving(compose_cfg, tmp_path, capsys):
-    cfg = compose_cfg(["experiment=steerable", *smoke_overrides("steerable"),
-                       "data.steps_per_epoch=2", "trainer.max_steps=6"])
+    cfg = compose_cfg(
+        [
+            "experiment=steerable",
+            *smoke_overrides("steerable"),
+            "data.steps_per_epoch=2",
+            "trainer.max_steps=6",
+        ]
+    )
     add_callback(cfg, step=1, signum=signal.SIGINT, times=2)
     handler = signal.getsignal(signal.SIGINT)
     try:
@@ -237,23 +284,35 @@ def uses_stream_loader(cfg) -> bool:
         ("highway", 2, "SIGTERM"),  # mid-epoch, by SIGTERM
     ],
 )
-def test_resumed_run_continues_exactly(compose_run, tmp_path, capsys, experiment,
-                                       steps_per_epoch, stop):
+def test_resumed_run_continues_exactly(
+    compose_run, tmp_path, capsys, experiment, steps_per_epoch, stop
+):
     """6 steps straight == 3 steps, stop, resume from last.ckpt to 6: the same weights, optimizer
     and LR schedule, the same logged losses and learning rates at the same steps."""
-    overrides = [f"experiment={experiment}", *smoke_overrides(experiment), "logger=csv",
-                 "test=false", f"data.steps_per_epoch={steps_per_epoch}"]
+    overrides = [
+        f"experiment={experiment}",
+        *smoke_overrides(experiment),
+        "logger=csv",
+        "test=false",
+        f"data.steps_per_epoch={steps_per_epoch}",
+    ]
     if experiment == "highway":  # a small video model on a small clip: 2 frames in, 1 out
         clip = np.random.default_rng(0).integers(0, 256, (24, 64, 64), dtype=np.uint8)
         path = write_h5_atomic(tmp_path / "clip.h5", {"highway_L": clip})
-        overrides += ["model.num_input=2", "model.num_predicted=1", f"data.train_path={path}",
-                      f"data.test_path={path}"]
+        overrides += [
+            "model.num_input=2",
+            "model.num_predicted=1",
+            f"data.train_path={path}",
+            f"data.test_path={path}",
+        ]
     if experiment == "steerable":
         overrides += ["model.scheduler.step_size=2"]  # the LR changes within the run
     straight = compose_run("straight", [*overrides, "trainer.max_steps=6"])
     if not uses_stream_loader(straight):
-        pytest.xfail("an exact resume needs the data module's train_dataloader to return a "
-                     "datamodules.stream.StreamLoader")
+        pytest.xfail(
+            "an exact resume needs the data module's train_dataloader to return a "
+            "datamodules.stream.StreamLoader"
+        )
     assert train_py(straight, capsys)[0] is None
 
     if stop == "max_steps":
@@ -272,8 +331,10 @@ def test_resumed_run_continues_exactly(compose_run, tmp_path, capsys, experiment
     resumed = compose_run("resumed", [*overrides, "trainer.max_steps=6", f"ckpt_path={last}"])
     assert train_py(resumed, capsys)[0] is None
 
-    a, b = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-            for run in (runs[0], runs[2]))
+    a, b = (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        for run in (runs[0], runs[2])
+    )
     assert a["global_step"] == b["global_step"] == 6
     for name, weight in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], weight)

@@ -36,13 +36,16 @@ def test_steerable_filter_interpolates_the_basis():
 
 def test_steer_equals_filtering_each_image_with_its_own_filter():
     images, theta = torch.rand(5, 1, 20, 17), torch.rand(5) * 2 * math.pi
-    expected = torch.cat([
-        F.conv2d(images[i : i + 1], steerable_filter(theta[i : i + 1]).unsqueeze(1), padding=4)
-        for i in range(5)
-    ])
+    expected = torch.cat(
+        [
+            F.conv2d(images[i : i + 1], steerable_filter(theta[i : i + 1]).unsqueeze(1), padding=4)
+            for i in range(5)
+        ]
+    )
     assert torch.allclose(steer(images, theta), expected, atol=1e-6)
-    assert torch.allclose(dynamic_conv(images, steerable_filter(theta).flatten(1), 9), expected,
-                          atol=1e-6)
+    assert torch.allclose(
+        dynamic_conv(images, steerable_filter(theta).flatten(1), 9), expected, atol=1e-6
+    )
 
 
 class AnalyticGenerator(torch.nn.Module):
@@ -51,8 +54,7 @@ class AnalyticGenerator(torch.nn.Module):
 
 
 def test_task_metrics_are_perfect_for_the_analytic_filter():
-    task = SteerableFilterTask(MLPFilterGenerator(1, [64, 128], 81),
-                               optimizer=torch.optim.Adam)
+    task = SteerableFilterTask(MLPFilterGenerator(1, [64, 128], 81), optimizer=torch.optim.Adam)
     assert task.generate_filters(torch.rand(3)).shape == (3, 9, 9)
     assert task.num_parameters == 18_897
     zero_start = MLPFilterGenerator(1, [64, 128], 81, zero_init_output=True)

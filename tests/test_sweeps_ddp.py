@@ -18,8 +18,15 @@ from tests.test_eval_report import SHORT_VIDEO, load_report_module, run_script, 
 
 
 def test_seed_sweep_gets_one_folder_per_job_and_a_mean_and_spread(tmp_path, data_dir):
-    result = run_script("train.py", "-m", "experiment=steerable", *smoke_overrides("steerable"),
-                        "seed=1,2", f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "experiment=steerable",
+        *smoke_overrides("steerable"),
+        "seed=1,2",
+        f"paths.log_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("*_steerable")
     jobs = sorted(sweep.glob("*/metrics.json"))
@@ -37,9 +44,15 @@ def test_seed_sweep_gets_one_folder_per_job_and_a_mean_and_spread(tmp_path, data
 
 def test_optuna_search_runs_two_trials(tmp_path, data_dir):
     result = run_script(
-        "train.py", "hparams_search=moving_mnist_optuna", "experiment=moving_mnist",
-        *smoke_overrides("moving_mnist"), *SHORT_VIDEO, "trainer.max_steps=2",
-        "hydra.sweeper.n_trials=2", f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}",
+        "train.py",
+        "hparams_search=moving_mnist_optuna",
+        "experiment=moving_mnist",
+        *smoke_overrides("moving_mnist"),
+        *SHORT_VIDEO,
+        "trainer.max_steps=2",
+        "hydra.sweeper.n_trials=2",
+        f"paths.log_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("*_moving_mnist")
@@ -69,9 +82,16 @@ def test_each_rank_draws_its_own_training_stream(compose_cfg, experiment):
 
 def test_two_process_ddp_run_matches_a_single_process_run(compose_cfg, tmp_path, data_dir):
     overrides = ["experiment=steerable", *smoke_overrides("steerable")]
-    result = run_script("train.py", *overrides, "trainer=ddp", "trainer.accelerator=cpu",
-                        "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}",
-                        f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}")
+    result = run_script(
+        "train.py",
+        *overrides,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"hydra.run.dir={tmp_path / 'ddp'}",
+        f"paths.log_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     single = fit_and_test(compose_cfg(overrides))
@@ -88,13 +108,24 @@ def test_two_process_ddp_run_matches_a_single_process_run(compose_cfg, tmp_path,
 
 
 def test_slurm_launcher_config_composes(compose_cfg):
-    cfg = compose_cfg(["experiment=moving_mnist", "hydra/launcher=slurm",
-                       "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
-                       "hydra.launcher.tasks_per_node=4", "trainer=ddp", "trainer.devices=4"])
+    cfg = compose_cfg(
+        [
+            "experiment=moving_mnist",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.gpus_per_node=4",
+            "hydra.launcher.tasks_per_node=4",
+            "trainer=ddp",
+            "trainer.devices=4",
+        ]
+    )
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
     assert launcher["_target_"] == (
         "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     )
     assert (launcher["partition"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (
-        "gpu", 4, 4)
+        "gpu",
+        4,
+        4,
+    )
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4

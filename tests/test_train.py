@@ -28,8 +28,9 @@ PARAMETERS = {  # the authors' counts (../shared/REFERENCE_SETUP.md); steerable:
     "stereo_baseline": 464_509,
 }
 
-VIDEO_METRICS = [f"test/{p}{m}{h}" for p in ("", "copy_last/") for m in METRICS
-                 for h in ("", "_t1", "_t3")]
+VIDEO_METRICS = [
+    f"test/{p}{m}{h}" for p in ("", "copy_last/") for m in METRICS for h in ("", "_t1", "_t3")
+]
 EXPECTED_METRICS = {
     "steerable": ["test/mse", "test/relative_mse", "test/filter_cosine"],
     "moving_mnist": VIDEO_METRICS + ["test/bce_t10"],
@@ -70,8 +71,12 @@ def test_resumed_run_continues_from_the_checkpoint_step(compose_cfg, tmp_path):
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 4
     resumed = compose_cfg(
-        ["experiment=steerable", *smoke_overrides("steerable"), "trainer.max_steps=6",
-         f"ckpt_path={last}"]
+        [
+            "experiment=steerable",
+            *smoke_overrides("steerable"),
+            "trainer.max_steps=6",
+            f"ckpt_path={last}",
+        ]
     )
     assert fit_and_test(resumed)["steps"] == 6
 
@@ -84,8 +89,14 @@ def test_non_numeric_learning_rate_is_refused(compose_cfg):
 
 def run_train(*overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_unknown_experiment_lists_the_options():
@@ -96,8 +107,9 @@ def test_unknown_experiment_lists_the_options():
 
 
 def test_user_error_is_one_line_without_traceback(tmp_path):
-    result = run_train("experiment=steerable", "model.optimizer.lr=fast",
-                       f"paths.log_dir={tmp_path}")
+    result = run_train(
+        "experiment=steerable", "model.optimizer.lr=fast", f"paths.log_dir={tmp_path}"
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: model.optimizer.lr must be a number, got 'fast'"
@@ -112,8 +124,7 @@ def test_cli_overrides_reach_the_optimizer(compose_cfg):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
     with open_dict(cfg):
         cfg.model.scheduler = None
-    assert isinstance(hydra.utils.instantiate(cfg.model).configure_optimizers(),
-                      torch.optim.Adam)
+    assert isinstance(hydra.utils.instantiate(cfg.model).configure_optimizers(), torch.optim.Adam)
 
 
 def test_runs_sweeps_and_data_go_under_the_project_outputs_folder():
