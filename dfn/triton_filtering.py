@@ -204,6 +204,8 @@ class _TritonLocalFilter(torch.autograd.Function):
             if bias.shape[1] == 1 and c > 1:
                 grad_u = grad_u.sum(dim=1, keepdim=True)
             grad_bias = grad_u.to(bias.dtype)
+            if grad_bias is grad_x:  # one tensor must not be the gradient of two inputs
+                grad_bias = grad_bias.clone()
         return grad_x, grad_filters, grad_bias, None, None
 
 
