@@ -30,7 +30,7 @@ step training.md "$PYTHON" scripts/benchmark_training.py experiment=moving_mnist
     --batch-size 16 --steps 20 \
     --variants fp32,channels_last,bf16,bf16+channels_last,unfold,compile
 step train_run.txt "$PYTHON" train.py experiment=moving_mnist trainer=gpu trainer.max_steps=2000 \
-    data.test_size=1000 trainer.max_time=00:00:04:00 name=gpu_check
+    data.test_size=1000 trainer.max_time=00:00:04:00
 if ((${#failed[@]})); then
     echo "FAILED: ${failed[*]}"
     exit 1
