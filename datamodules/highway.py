@@ -50,12 +50,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from lightning import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.h5 import read_frames, split_paths, write_h5_atomic
-from datamodules.stream import sample_rng, stream_loader
+from datamodules.stream import StreamDataModule, check_integers, sample_rng
 from dfn.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -259,7 +258,7 @@ class _AllWindows(Dataset):
 # --------------------------------------------------------------------------- data module
 
 
-class HighwayDataModule(LightningDataModule):
+class HighwayDataModule(StreamDataModule):
     """Windows of ``num_input + num_predicted`` consecutive 64x64 frames of highway video.
 
     ``path`` (a folder with ``train.h5`` / ``test.h5``, or a prefix of ``_train.h5`` /
@@ -289,17 +288,15 @@ class HighwayDataModule(LightningDataModule):
         render_seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value, least in [
-            ("num_input", num_input, 1),
-            ("num_predicted", num_predicted, 1),
-            ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0),
-            ("steps_per_epoch", steps_per_epoch, 1),
-            ("image_size", image_size, 1),
-            ("num_frames", num_frames, 2),
-        ]:
-            if not isinstance(value, int) or value < least:
-                raise InputError(f"data.{name}={value!r}; expected an integer >= {least}")
+        check_integers(
+            num_input=(num_input, 1),
+            num_predicted=(num_predicted, 1),
+            batch_size=(batch_size, 1),
+            num_workers=(num_workers, 0),
+            steps_per_epoch=(steps_per_epoch, 1),
+            image_size=(image_size, 1),
+            num_frames=(num_frames, 2),
+        )
         if test_size is not None and (not isinstance(test_size, int) or test_size < 1):
             raise InputError(f"data.test_size={test_size!r}; expected null or an integer >= 1")
         if not 0 < val_fraction < 1:
@@ -363,24 +360,3 @@ class HighwayDataModule(LightningDataModule):
             count = len(frames) - self.window + 1
             test_size = self.hparams.test_size
             self.test_set = _AllWindows(frames, self.window, min(count, test_size or count))
-
-    def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        return stream_loader(
-            self,
-            self.train_set,
-            hp.batch_size,
-            hp.steps_per_epoch,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._ordered_loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._ordered_loader(self.test_set)
-
-    def _ordered_loader(self, dataset: Dataset) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(dataset, batch_size=hp.batch_size, num_workers=hp.num_workers)

@@ -25,11 +25,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.h5 import write_h5_atomic
-from datamodules.stream import sample_rng, stream_loader
+from datamodules.stream import StreamDataModule, check_integers, sample_rng
 from dfn.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -313,7 +312,7 @@ class MovingMNISTSequences(Dataset):
 # --------------------------------------------------------------------------- data module
 
 
-class MovingMNISTDataModule(LightningDataModule):
+class MovingMNISTDataModule(StreamDataModule):
     """Batches of float sequences [B, num_frames, 1, 64, 64] in [0, 1].
 
     An epoch is ``steps_per_epoch`` freshly sampled training batches. Validation (``val_size``
@@ -336,28 +335,22 @@ class MovingMNISTDataModule(LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        for name, value, least in [
-            ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0),
-            ("steps_per_epoch", steps_per_epoch, 1),
-            ("num_frames", num_frames, 2),
-            ("test_size", test_size, 1),
-            ("val_size", val_size, 1),
-        ]:
-            if not isinstance(value, int) or value < least:
-                raise InputError(f"data.{name}={value!r}; expected an integer >= {least}")
+        check_integers(
+            batch_size=(batch_size, 1),
+            num_workers=(num_workers, 0),
+            steps_per_epoch=(steps_per_epoch, 1),
+            num_frames=(num_frames, 2),
+            test_size=(test_size, 1),
+            val_size=(val_size, 1),
+        )
         self.save_hyperparameters()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.seed = seed
-        self.steps_per_epoch = steps_per_epoch
         self.num_frames = num_frames
         self.mnist_root = mnist_root
         self.test_path = test_path
         self.test_size = test_size
         self.val_size = val_size
         self.cache_dir = Path(cache_dir)
-        self.pin_memory = pin_memory
         self._pools: DigitPools | None = None
 
     @property
@@ -400,28 +393,3 @@ class MovingMNISTDataModule(LightningDataModule):
             else:
                 frames = load_test_file(self.test_path, self.num_frames, self.test_size)
             self.test_set = MovingMNISTSequences(frames)
-
-    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            **kwargs,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return stream_loader(
-            self,
-            self.train_set,
-            self.batch_size,
-            self.steps_per_epoch,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)

@@ -11,11 +11,10 @@ import math
 import numpy as np
 import skimage.data
 import torch
-from lightning import LightningDataModule
 from skimage.color import rgb2gray
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.stream import sample_rng, stream_loader
+from datamodules.stream import StreamDataModule, check_integers, sample_rng
 from dfn.steerable import steer
 
 SPLITS = {
@@ -82,7 +81,7 @@ class SteerableCrops(Dataset):
         return crop, theta, target
 
 
-class SteerableDataModule(LightningDataModule):
+class SteerableDataModule(StreamDataModule):
     def __init__(
         self,
         batch_size: int = 64,
@@ -96,6 +95,14 @@ class SteerableDataModule(LightningDataModule):
         sigma: float = 1.0,
     ) -> None:
         super().__init__()
+        check_integers(
+            batch_size=(batch_size, 1),
+            num_workers=(num_workers, 0),
+            steps_per_epoch=(steps_per_epoch, 1),
+            crop_size=(crop_size, 1),
+            val_size=(val_size, 1),
+            test_size=(test_size, 1),
+        )
         self.save_hyperparameters()
 
     def setup(self, stage: str | None = None) -> None:
@@ -105,28 +112,3 @@ class SteerableDataModule(LightningDataModule):
         self.train_set = SteerableCrops(load_images(SPLITS["train"]), hp.seed, **args)
         self.val_set = SteerableCrops(load_images(SPLITS["val"]), 1, length=hp.val_size, **args)
         self.test_set = SteerableCrops(load_images(SPLITS["test"]), 2, length=hp.test_size, **args)
-
-    def _loader(self, dataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        return stream_loader(
-            self,
-            self.train_set,
-            hp.batch_size,
-            hp.steps_per_epoch,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)

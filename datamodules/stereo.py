@@ -48,11 +48,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.h5 import read_frames, split_paths
-from datamodules.stream import sample_rng, stream_loader
+from datamodules.stream import StreamDataModule, check_integers, sample_rng
 from dfn.errors import InputError
 
 FILTER_REACH = 6  # a 1x13 filter reaches 6 px either side
@@ -227,7 +226,7 @@ class _RandomCrops(Dataset):
         return _sample(left, right, disparity)
 
 
-class StereoDataModule(LightningDataModule):
+class StereoDataModule(StreamDataModule):
     """Left/right 64x64 crops of the motorcycle scene, or of the user's stereo HDF5 files.
 
     ``scale`` is the integer downscale factor of the scene (5: 1/5 size) and ``offset`` the
@@ -249,6 +248,14 @@ class StereoDataModule(LightningDataModule):
         test_size: int | None = None,
     ) -> None:
         super().__init__()
+        check_integers(
+            scale=(scale, 1),
+            offset=(offset, 0),
+            crop_size=(crop_size, 1),
+            batch_size=(batch_size, 1),
+            num_workers=(num_workers, 0),
+            steps_per_epoch=(steps_per_epoch, 1),
+        )
         self.save_hyperparameters()
         if path is not None and Path(path).is_file():
             raise InputError(
@@ -324,24 +331,3 @@ class StereoDataModule(LightningDataModule):
         _, h, w = pairs.left.shape
         c = self.hparams.crop_size
         return [(f, (h - c) // 2, (w - c) // 2) for f in frames]
-
-    def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        return stream_loader(
-            self,
-            self.train_set,
-            hp.batch_size,
-            hp.steps_per_epoch,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._fixed_loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._fixed_loader(self.test_set)
-
-    def _fixed_loader(self, dataset: Dataset) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(dataset, batch_size=hp.batch_size, num_workers=hp.num_workers)

@@ -13,7 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dfn.errors import InputError
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -81,10 +84,44 @@ class StreamLoader(DataLoader):
         self.stream.consumed = int(state_dict["consumed_samples"])
 
 
-def stream_loader(
-    datamodule, dataset: Dataset, batch_size: int, steps_per_epoch: int, **kwargs: Any
-) -> StreamLoader:
-    """``datamodule``'s training stream: this rank's share of it once a trainer is attached."""
-    trainer = datamodule.trainer
-    rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-    return StreamLoader(dataset, batch_size, steps_per_epoch, rank, world_size, **kwargs)
+def check_integers(**settings: tuple[object, int]) -> None:
+    """One clear error for the first ``data.NAME=(value, least)`` that is not an integer of at
+    least ``least``."""
+    for name, (value, least) in settings.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise InputError(f"data.{name}={value!r}; expected an integer >= {least}")
+
+
+class StreamDataModule(LightningDataModule):
+    """Trains on a stream (``steps_per_epoch`` freshly sampled batches an epoch, this rank's
+    share of it under DDP) and evaluates on fixed sets served in order.
+
+    Subclasses save their arguments with ``save_hyperparameters()`` (``batch_size``,
+    ``num_workers``, ``steps_per_epoch`` and optionally ``pin_memory`` among them) and build
+    ``train_set``, ``val_set`` and ``test_set`` in ``setup``.
+    """
+
+    def _loader_options(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {
+            "num_workers": hp.num_workers,
+            "persistent_workers": hp.num_workers > 0,
+            "pin_memory": hp.get("pin_memory", False),
+        }
+
+    def train_dataloader(self) -> StreamLoader:
+        hp, trainer = self.hparams, self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return StreamLoader(
+            self.train_set, hp.batch_size, hp.steps_per_epoch, rank, world_size,
+            **self._loader_options(),
+        )  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        return self._ordered_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._ordered_loader(self.test_set)
+
+    def _ordered_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, **self._loader_options())

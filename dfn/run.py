@@ -58,9 +58,6 @@ def check_config(cfg: DictConfig) -> None:
         value = get(key)
         if value is not None and (not isinstance(value, Number) or isinstance(value, bool)):
             raise InputError(f"{key} must be a number, got {value!r}")
-    batch_size = get("data.batch_size")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"data.batch_size must be a positive integer, got {batch_size!r}")
     for key in ("data.train_path", "data.test_path"):  # the test file is read after training
         if get(key) is not None and not Path(get(key)).is_file():
             raise InputError(f"{key}={get(key)}: no such file")

@@ -120,9 +120,18 @@ def add_callback(cfg, **signal_at) -> None:
             ["experiment=highway", "data.num_predicted=2"],
             "data.num_predicted=2 but model.num_predicted=3",
         ),
+        (["experiment=stereo", "data.batch_size=0"], "data.batch_size=0; expected an integer >= 1"),
         (
-            ["experiment=stereo", "data.batch_size=0"],
-            "data.batch_size must be a positive integer, got 0",
+            ["experiment=steerable", "data.steps_per_epoch=0"],
+            "data.steps_per_epoch=0; expected an integer >= 1",
+        ),
+        (
+            ["experiment=highway", "data.num_workers=-1"],
+            "data.num_workers=-1; expected an integer >= 0",
+        ),
+        (
+            ["experiment=moving_mnist", "data.batch_size=true"],
+            "data.batch_size=True; expected an integer >= 1",
         ),
         (
             ["experiment=moving_mnist", "data.test_path=/nonexistent/mnist_test_seq.npy"],
@@ -167,8 +176,8 @@ def test_hdf5_frames_of_a_wrong_dtype_or_range_are_refused(tmp_path, array, prob
 
 def test_full_error_shows_the_traceback(compose_cfg, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    with pytest.raises(InputError, match="data.batch_size"), reporting_user_errors():
-        fit_and_test(compose_cfg(["experiment=steerable", "data.batch_size=0"]))
+    with pytest.raises(InputError, match="model.optimizer.lr"), reporting_user_errors():
+        fit_and_test(compose_cfg(["experiment=steerable", "model.optimizer.lr=fast"]))
 
 
 def train_cli(*overrides: str) -> subprocess.CompletedProcess:
