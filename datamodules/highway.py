@@ -287,13 +287,10 @@ class HighwayDataModule(StreamDataModule):
         cache_dir: str = "outputs/data",
         render_seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, steps_per_epoch)
         check_integers(
             num_input=(num_input, 1),
             num_predicted=(num_predicted, 1),
-            batch_size=(batch_size, 1),
-            num_workers=(num_workers, 0),
-            steps_per_epoch=(steps_per_epoch, 1),
             image_size=(image_size, 1),
             num_frames=(num_frames, 2),
         )

@@ -334,11 +334,8 @@ class MovingMNISTDataModule(StreamDataModule):
         cache_dir: str = "outputs/data",
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, steps_per_epoch)
         check_integers(
-            batch_size=(batch_size, 1),
-            num_workers=(num_workers, 0),
-            steps_per_epoch=(steps_per_epoch, 1),
             num_frames=(num_frames, 2),
             test_size=(test_size, 1),
             val_size=(val_size, 1),

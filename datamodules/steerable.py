@@ -94,11 +94,8 @@ class SteerableDataModule(StreamDataModule):
         kernel_size: int = 9,
         sigma: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, steps_per_epoch)
         check_integers(
-            batch_size=(batch_size, 1),
-            num_workers=(num_workers, 0),
-            steps_per_epoch=(steps_per_epoch, 1),
             crop_size=(crop_size, 1),
             val_size=(val_size, 1),
             test_size=(test_size, 1),

@@ -247,14 +247,11 @@ class StereoDataModule(StreamDataModule):
         steps_per_epoch: int = 1000,
         test_size: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, steps_per_epoch)
         check_integers(
             scale=(scale, 1),
             offset=(offset, 0),
             crop_size=(crop_size, 1),
-            batch_size=(batch_size, 1),
-            num_workers=(num_workers, 0),
-            steps_per_epoch=(steps_per_epoch, 1),
         )
         self.save_hyperparameters()
         if path is not None and Path(path).is_file():

@@ -96,10 +96,18 @@ class StreamDataModule(LightningDataModule):
     """Trains on a stream (``steps_per_epoch`` freshly sampled batches an epoch, this rank's
     share of it under DDP) and evaluates on fixed sets served in order.
 
-    Subclasses save their arguments with ``save_hyperparameters()`` (``batch_size``,
-    ``num_workers``, ``steps_per_epoch`` and optionally ``pin_memory`` among them) and build
-    ``train_set``, ``val_set`` and ``test_set`` in ``setup``.
+    Subclasses pass the three settings all of them share to ``__init__``, save their arguments
+    with ``save_hyperparameters()`` (``pin_memory`` is optional) and build ``train_set``,
+    ``val_set`` and ``test_set`` in ``setup``.
     """
+
+    def __init__(self, batch_size: int, num_workers: int, steps_per_epoch: int) -> None:
+        super().__init__()
+        check_integers(
+            batch_size=(batch_size, 1),
+            num_workers=(num_workers, 0),
+            steps_per_epoch=(steps_per_epoch, 1),
+        )
 
     def _loader_options(self) -> dict[str, Any]:
         hp = self.hparams
