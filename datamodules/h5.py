@@ -1,7 +1,9 @@
 """HDF5 frame files: validated reading and all-or-nothing writing.
 
 The authors' format is one HDF5 file per split with 3-D datasets of grayscale frames
-(`highway_L`, and `highway_R` for stereo), uint8 or float in [0, 1].
+(`highway_L`, and `highway_R` for stereo), uint8 or float in [0, 1]. A file may also hold a
+`cuts` dataset: the indices of the frames that start a new scene, whose previous frame is not
+their past (the simulator's new episodes, the joins of concatenated clips).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import h5py
 import numpy as np
 
 from dfn.errors import InputError
+
+CUTS = "cuts"
 
 
 def split_paths(path: str | Path) -> tuple[Path, Path]:
@@ -78,3 +82,29 @@ def read_frames(path: str | Path, dataset: str, min_frames: int = 1) -> np.ndarr
             f"{np.nanmax(frames):.3g}]; expected finite values in [0, 1]"
         )
     return frames
+
+
+def read_cuts(path: str | Path, num_frames: int) -> np.ndarray:
+    """The file's scene cuts (int64, empty without a ``cuts`` dataset), or one clear InputError.
+
+    A cut c means frames c - 1 and c belong to different scenes; cuts are strictly increasing
+    frame indices in [1, num_frames).
+    """
+    expected = f"strictly increasing frame indices in [1, {num_frames})"
+    try:
+        with h5py.File(path, "r") as f:
+            if CUTS not in f:
+                return np.zeros(0, np.int64)
+            data = f[CUTS]
+            if data.ndim != 1 or data.dtype.kind not in "iu":
+                raise InputError(
+                    f"{path}:{CUTS} has shape {data.shape} and dtype {data.dtype}; expected a 1-D "
+                    f"integer dataset of {expected}"
+                )
+            cuts = data[()].astype(np.int64)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: corrupt or truncated HDF5 file ({e})") from e
+    if len(cuts) and (cuts[0] < 1 or cuts[-1] >= num_frames or (np.diff(cuts) <= 0).any()):
+        shown = ", ".join(map(str, cuts[:8])) + (", ..." if len(cuts) > 8 else "")
+        raise InputError(f"{path}:{CUTS} holds [{shown}]; expected {expected}")
+    return cuts

@@ -2,7 +2,8 @@
 
 Files (the authors' format): ``{prefix}_train.h5`` and ``{prefix}_test.h5``, or ``train.h5`` and
 ``test.h5`` in a folder, each with a ``highway_L`` dataset [N, 64, 64] of grayscale frames in time
-order (uint8, or float in [0, 1]). ``path=DIR`` or ``path=PREFIX`` names such a pair;
+order (uint8, or float in [0, 1]), and optionally a ``cuts`` dataset, the indices of the frames
+that start a new scene (``datamodules.h5``). ``path=DIR`` or ``path=PREFIX`` names such a pair;
 ``train_path`` / ``test_path`` name single files. ``scripts/video_to_h5.py`` writes them from a
 video or image folder. Without a path, ``render_highway`` simulates the traffic with highway-env
 once and caches it under ``cache_dir``.
@@ -37,6 +38,8 @@ file, the last 20 % the test file, as in the paper. Validation holds out the las
 ``val_fraction`` of the training frames (at least one window), time-ordered, and serves every
 window that starts there; training windows start at random frames before it (sample i's start is
 drawn from ``sample_rng(seed, i)``); the test serves every start, or the first ``test_size``.
+No window spans a scene cut: the frames after a cut are not the future of those before it. The
+simulated video records its new episodes as cuts.
 Batches are float32 tensors [B, num_input + num_predicted, 1, H, W] in [0, 1].
 """
 
@@ -53,7 +56,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datamodules.h5 import read_frames, split_paths, write_h5_atomic
+from datamodules.h5 import CUTS, read_cuts, read_frames, split_paths, write_h5_atomic
 from datamodules.stream import StreamDataModule, check_integers, sample_rng
 from dfn.errors import InputError
 
@@ -61,7 +64,7 @@ log = logging.getLogger(__name__)
 
 DATASET = "highway_L"
 TEST_FRACTION = 0.2  # 16,000 train / 4,000 test frames of 20,000, as in the paper
-RENDER_VERSION = 1  # bump when the renderer changes, so old caches are not reused
+RENDER_VERSION = 2  # bump when the renderer changes, so old caches are not reused
 SUPERSAMPLE = 4  # rendered at 4x the image size, then box-averaged: antialiasing
 
 
@@ -119,8 +122,9 @@ def render_highway(
     density: float = 2.0,
     ring_m: float = 160.0,
     episode_s: float = 120.0,
-) -> np.ndarray:
-    """Simulated highway traffic seen from above, uint8 [num_frames, size, size].
+) -> tuple[np.ndarray, np.ndarray]:
+    """Simulated highway traffic seen from above: frames, uint8 [num_frames, size, size], and the
+    scene cuts, the indices of the frames that start a new episode (int64).
 
     ``view_m``: side of the square view in metres; ``lanes``: 4 m each; ``fps``: frames (and
     simulation steps) per second; ``cars``: on a ``ring_m`` ring around the camera, spawned with
@@ -167,6 +171,7 @@ def render_highway(
         return camera
 
     frames = np.empty((num_frames, size, size), np.uint8)
+    cuts = []
     try:
         camera = new_episode(seed)
         for t in range(num_frames):
@@ -179,8 +184,9 @@ def render_highway(
                     f"{t}: pygame draws nothing (SDL_VIDEODRIVER="
                     f"{os.environ.get('SDL_VIDEODRIVER')!r}; it must be 'offscreen')"
                 )
-            if crashed or timed_out:
+            if (crashed or timed_out) and t + 1 < num_frames:
                 camera = new_episode(None)
+                cuts.append(t + 1)
     finally:
         env.close()
     frozen = float((frames[1:] == frames[:-1]).all(axis=(1, 2)).mean()) if num_frames > 1 else 0.0
@@ -188,7 +194,7 @@ def render_highway(
         raise RuntimeError(
             f"highway-env rendered frozen video: {frozen:.0%} of consecutive frames are identical"
         )
-    return frames
+    return frames, np.array(cuts, np.int64)
 
 
 def cache_prefix(cache_dir: str | Path, num_frames: int, size: int, seed: int) -> Path:
@@ -201,7 +207,7 @@ def _cache_is_valid(paths: tuple[Path, Path], lengths: tuple[int, int], size: in
         for path, length in zip(paths, lengths, strict=True):
             with h5py.File(path, "r") as f:
                 data = f[DATASET]
-                if data.shape != (length, size, size) or data.dtype != np.uint8:
+                if data.shape != (length, size, size) or data.dtype != np.uint8 or CUTS not in f:
                     return False
     except (OSError, KeyError):
         return False
@@ -218,10 +224,13 @@ def render_cached(
         return paths
     log.info("rendering %d highway frames with highway-env into %s", num_frames, paths[0].parent)
     start = time.perf_counter()
-    frames = render_highway(num_frames, size, seed)
+    frames, cuts = render_highway(num_frames, size, seed)
     attrs = {"seed": seed, "version": RENDER_VERSION, "source": "highway-env"}
-    write_h5_atomic(paths[0], {DATASET: frames[: num_frames - num_test]}, **attrs)
-    write_h5_atomic(paths[1], {DATASET: frames[num_frames - num_test :]}, **attrs)
+    num_train = num_frames - num_test  # a cut at the split starts the test file: none needed
+    train = {DATASET: frames[:num_train], CUTS: cuts[cuts < num_train]}
+    write_h5_atomic(paths[0], train, **attrs)
+    test = {DATASET: frames[num_train:], CUTS: cuts[cuts > num_train] - num_train}
+    write_h5_atomic(paths[1], test, **attrs)
     log.info("rendered %d frames in %.0f s", num_frames, time.perf_counter() - start)
     return paths
 
@@ -229,30 +238,41 @@ def render_cached(
 # --------------------------------------------------------------------------- datasets
 
 
-class _RandomWindows(Dataset):
-    """Training sample ``index``: ``length`` consecutive frames from a start drawn from
-    ``sample_rng(seed, index)`` in ``range(num_starts)``."""
+def window_starts(num_frames: int, length: int, cuts: np.ndarray) -> np.ndarray:
+    """The first frames of the windows of ``length`` consecutive frames that span no cut.
 
-    def __init__(self, frames: np.ndarray, num_starts: int, length: int, seed: int) -> None:
-        self.frames, self.num_starts, self.length, self.seed = frames, num_starts, length, seed
+    Window [s, s + length) spans cut c when s < c < s + length; one may start at a cut.
+    """
+    spans = np.zeros(max(num_frames - length + 1, 0), bool)
+    for cut in cuts:
+        spans[max(cut - length + 1, 0) : cut] = True
+    return np.flatnonzero(~spans)
+
+
+class _RandomWindows(Dataset):
+    """Training sample ``index``: the window at a start drawn from ``sample_rng(seed, index)``
+    among ``starts``."""
+
+    def __init__(self, frames: np.ndarray, starts: np.ndarray, length: int, seed: int) -> None:
+        self.frames, self.starts, self.length, self.seed = frames, starts, length, seed
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        start = int(sample_rng(self.seed, index).integers(self.num_starts))
+        start = self.starts[sample_rng(self.seed, index).integers(len(self.starts))]
         return torch.from_numpy(self.frames[start : start + self.length, None])
 
 
 class _AllWindows(Dataset):
-    """Every window of ``length`` consecutive frames, in time order."""
+    """The windows at ``starts``, in time order."""
 
-    def __init__(self, frames: np.ndarray, length: int, count: int | None = None) -> None:
-        self.frames, self.length = frames, length
-        self.count = len(frames) - length + 1 if count is None else count
+    def __init__(self, frames: np.ndarray, starts: np.ndarray, length: int) -> None:
+        self.frames, self.starts, self.length = frames, starts, length
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.starts)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(self.frames[index : index + self.length, None])
+        start = self.starts[index]
+        return torch.from_numpy(self.frames[start : start + self.length, None])
 
 
 # --------------------------------------------------------------------------- data module
@@ -320,7 +340,10 @@ class HighwayDataModule(StreamDataModule):
             return render_cached(hp.cache_dir, hp.num_frames, hp.image_size, hp.render_seed)
         return self.train_path, self.test_path
 
-    def _read(self, path: str | Path | None, split: str, min_frames: int) -> np.ndarray:
+    def _read(
+        self, path: str | Path | None, split: str, min_frames: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The file's frames and scene cuts."""
         if path is None:
             raise InputError(
                 f"no {split} file: set data.path (a folder with {split}.h5, or a prefix of "
@@ -333,13 +356,23 @@ class HighwayDataModule(StreamDataModule):
                 f"{path}:{self.hparams.dataset} holds {frames.shape[1]}x{frames.shape[2]} frames; "
                 f"expected {size}x{size} (data.image_size; scripts/video_to_h5.py --size resizes)"
             )
-        return frames
+        return frames, read_cuts(path, len(frames))
+
+    def _starts(self, num_frames: int, cuts: np.ndarray, frames_of: str) -> np.ndarray:
+        """The starts of the windows that span no cut, or an InputError if there is none."""
+        starts = window_starts(num_frames, self.window, cuts)
+        if len(starts) == 0:
+            raise InputError(
+                f"{frames_of}: no {self.window} consecutive frames without a scene cut (cuts at "
+                f"frames {cuts.tolist()}); expected a scene of at least {self.window} frames"
+            )
+        return starts
 
     def setup(self, stage: str | None = None) -> None:
         train_path, test_path = self._paths()
         if stage in (None, "fit", "validate"):
             # validation: the last val_fraction of the training frames, at least one window
-            frames = self._read(train_path, "train", min_frames=self.window + 1)
+            frames, cuts = self._read(train_path, "train", min_frames=self.window + 1)
             num_val = max(self.window, round(len(frames) * self.hparams.val_fraction))
             num_fit = len(frames) - num_val
             if num_fit < self.window:
@@ -348,12 +381,12 @@ class HighwayDataModule(StreamDataModule):
                     f"{self.window} frames and {num_val} validation frames; lower "
                     "data.val_fraction or give more frames"
                 )
-            self.train_set = _RandomWindows(
-                frames, num_fit - self.window + 1, self.window, self.hparams.seed
-            )
-            self.val_set = _AllWindows(frames[num_fit:], self.window)
+            fit_cuts, val_cuts = cuts[cuts < num_fit], cuts[cuts > num_fit] - num_fit
+            fit_starts = self._starts(num_fit, fit_cuts, f"{train_path}, training frames")
+            self.train_set = _RandomWindows(frames, fit_starts, self.window, self.hparams.seed)
+            val_starts = self._starts(num_val, val_cuts, f"{train_path}, validation frames")
+            self.val_set = _AllWindows(frames[num_fit:], val_starts, self.window)
         if stage in (None, "test", "predict"):
-            frames = self._read(test_path, "test", min_frames=self.window)
-            count = len(frames) - self.window + 1
-            test_size = self.hparams.test_size
-            self.test_set = _AllWindows(frames, self.window, min(count, test_size or count))
+            frames, cuts = self._read(test_path, "test", min_frames=self.window)
+            starts = self._starts(len(frames), cuts, str(test_path))
+            self.test_set = _AllWindows(frames, starts[: self.hparams.test_size], self.window)
