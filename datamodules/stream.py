@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from dfn.errors import InputError
 
@@ -96,6 +96,11 @@ class StreamDataModule(LightningDataModule):
     """Trains on a stream (``steps_per_epoch`` freshly sampled batches an epoch, this rank's
     share of it under DDP) and evaluates on fixed sets served in order.
 
+    Under DDP each rank evaluates a contiguous share of a fixed set (rank 0 the first samples,
+    which the figures show); the test metrics are sums reduced across the ranks, so they equal
+    one process's over the whole set. A set smaller than the number of ranks is served whole to
+    every rank.
+
     Subclasses pass the three settings all of them share to ``__init__``, save their arguments
     with ``save_hyperparameters()`` (``pin_memory`` is optional) and build ``train_set``,
     ``val_set`` and ``test_set`` in ``setup``.
@@ -117,11 +122,15 @@ class StreamDataModule(LightningDataModule):
             "pin_memory": hp.get("pin_memory", False),
         }
 
+    def _rank(self) -> tuple[int, int]:
+        """(this process's rank, the number of processes)."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
     def train_dataloader(self) -> StreamLoader:
-        hp, trainer = self.hparams, self.trainer
-        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        hp = self.hparams
         return StreamLoader(
-            self.train_set, hp.batch_size, hp.steps_per_epoch, rank, world_size,
+            self.train_set, hp.batch_size, hp.steps_per_epoch, *self._rank(),
             **self._loader_options(),
         )  # fmt: skip
 
@@ -132,4 +141,10 @@ class StreamDataModule(LightningDataModule):
         return self._ordered_loader(self.test_set)
 
     def _ordered_loader(self, dataset: Dataset) -> DataLoader:
+        rank, world_size = self._rank()
+        size = len(dataset)
+        if size >= world_size > 1:
+            dataset = Subset(
+                dataset, range(rank * size // world_size, (rank + 1) * size // world_size)
+            )
         return DataLoader(dataset, batch_size=self.hparams.batch_size, **self._loader_options())

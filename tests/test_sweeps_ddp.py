@@ -80,6 +80,34 @@ def test_each_rank_draws_its_own_training_stream(compose_cfg, experiment):
     assert not torch.equal(*first)
 
 
+def evaluation_samples(datamodule, loader: str, rank: int, world_size: int) -> torch.Tensor:
+    """The first input of every sample that rank ``rank`` of ``world_size`` evaluates."""
+    datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
+    batches = list(getattr(datamodule, loader)())
+    firsts = [
+        b["left"] if isinstance(b, dict) else b[0] if isinstance(b, list) else b for b in batches
+    ]
+    return torch.cat(firsts)
+
+
+@pytest.mark.parametrize("experiment", ["steerable", "stereo", "moving_mnist", "highway"])
+def test_ranks_evaluate_contiguous_shares_of_the_fixed_sets(compose_cfg, experiment):
+    cfg = compose_cfg([f"experiment={experiment}", *smoke_overrides(experiment)])
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    for loader in ("val_dataloader", "test_dataloader"):
+        whole = evaluation_samples(datamodule, loader, 0, 1)
+        if len(whole) >= 2 or loader == "test_dataloader":  # smoke highway validates one window
+            shares = [evaluation_samples(datamodule, loader, rank, 2) for rank in (0, 1)]
+            assert min(len(share) for share in shares) == len(whole) // 2 >= 1
+            torch.testing.assert_close(torch.cat(shares), whole, rtol=0, atol=0)
+        # more ranks than samples: each rank evaluates the whole set
+        torch.testing.assert_close(
+            evaluation_samples(datamodule, loader, 3, len(whole) + 1), whole, rtol=0, atol=0
+        )
+
+
 def test_two_process_ddp_run_matches_a_single_process_run(compose_cfg, tmp_path, data_dir):
     overrides = ["experiment=steerable", *smoke_overrides("steerable")]
     result = run_script(
