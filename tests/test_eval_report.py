@@ -158,3 +158,28 @@ def test_report_has_every_table_1_row_and_its_figures(smoke_runs, tmp_path):
     for path in figures:
         image = decode_png(read_file(str(tmp_path / path)))
         assert image.shape[0] in (3, 4) and min(image.shape[1:]) > 32
+
+
+def test_error_by_region_splits_a_runs_test_error(smoke_runs):
+    result = run_script("scripts/error_by_region.py", str(smoke_runs["moving_mnist"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {
+        cells[1].strip(): [float(c) for c in cells[4:8]]
+        for cells in (line.split("|") for line in result.stdout.splitlines())
+        if cells[0] == "" and cells[1].startswith(" moving_mnist (")
+    }
+    metrics = json.loads((smoke_runs["moving_mnist"] / "metrics.json").read_text())
+    # the copy-last predictor's total is the run's test/copy_last/mse, whatever the checkpoint
+    assert rows["moving_mnist (copy last)"][0] == pytest.approx(
+        metrics["test/copy_last/mse"], rel=1e-3
+    )
+    assert rows["moving_mnist (model)"][3] > 0  # inside: where the digits are
+
+    spec = importlib.util.spec_from_file_location(
+        "regions", ROOT / "scripts" / "error_by_region.py"
+    )
+    regions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regions)
+    # an 8x8 map of ones, 2-pixel edges: 2 x 2 x 8 in the columns, 2 x 2 x 4 in the rows
+    sums = regions.region_errors(torch.ones(8, 8), border=2)
+    assert sums == {"total": 64.0, "edge columns": 32.0, "edge rows": 16.0, "inside": 16.0}
