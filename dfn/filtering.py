@@ -252,10 +252,7 @@ def result_dtype(*tensors: Tensor | None) -> torch.dtype:
 def _windows(padded: Tensor, kh: int, kw: int) -> Tensor:
     """The unfolded input as a view, not a copy: [B, C, kh, kw, H, W], with
     windows[.., i, j, y, x] = padded[.., y + i, x + j]."""
-    b, c, hp, wp = padded.shape
-    s0, s1, s2, s3 = padded.stride()
-    size = (b, c, kh, kw, hp - kh + 1, wp - kw + 1)
-    return padded.as_strided(size, (s0, s1, s2, s3, s2, s3), padded.storage_offset())
+    return padded.unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 1, 4, 5, 2, 3)
 
 
 def _tap_windows(windows: Tensor) -> list[Tensor]:
