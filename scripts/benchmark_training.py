@@ -8,7 +8,10 @@ several settings that keep the maths, measured in one process against the float3
 Each variant builds the experiment's real model from its config (the same seed, the same
 batch), runs one warm-up step, then times ``--steps`` steps; the table gives the median step
 time and the speed-up over float32. ``unfold`` swaps the dynamic filter's fast implementation
-for the unfold reference, to show what the fast op buys in a whole step.
+for the unfold reference, to show what the fast op buys in a whole step. ``cuda_graph`` (CUDA
+only) captures the whole step, Adam included (``capturable=True``), in one CUDA graph after
+three warm-up steps on a side stream, and replays it, copying the batch into the graph's input
+first: what a step costs without Python and kernel launches (PyTorch's "whole network capture").
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ VARIANTS = {
     "compile": {"compile": True},
     "bf16+compile": {"bf16": True, "compile": True},
     "unfold": {"impl": "reference"},
+    "cuda_graph": {"graph": True},
 }
 
 
@@ -45,7 +49,7 @@ def make_batch(cfg, batch_size: int, device: torch.device) -> object:
 
 def time_variant(
     cfg, batch, steps: int, device: torch.device,
-    channels_last=False, bf16=False, compile=False, impl=None,
+    channels_last=False, bf16=False, compile=False, impl=None, graph=False,
 ):  # fmt: skip
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model).to(device)
@@ -56,18 +60,25 @@ def time_variant(
         model.predictor.filtering.impl = impl  # as model.predictor.filtering.impl=... does
     model.channels_last = channels_last  # what model.channels_last=... does in a run
     model.setup("fit")
-    optimizer = torch.optim.Adam(model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), capturable=graph)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
-    def step() -> None:
+    def train_step(batch) -> None:
         with autocast:
             loss = model.training_step(batch, 0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+    def step() -> None:
+        train_step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    if graph:
+        if device.type != "cuda":
+            raise SystemExit("the cuda_graph variant needs --device cuda")
+        step = captured_step(train_step, batch, device)
     step()  # warm-up (and compilation)
     times = []
     for _ in range(steps):
@@ -75,6 +86,34 @@ def time_variant(
         step()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def captured_step(train_step, batch, device: torch.device):
+    """``train_step`` captured in a CUDA graph; returns a step that copies ``batch`` into the
+    graph's input and replays it."""
+
+    def tensors(inputs) -> list[torch.Tensor]:
+        return list(inputs.values()) if isinstance(inputs, dict) else [inputs]
+
+    # the graph reads its input from these tensors
+    static = {k: v.clone() for k, v in batch.items()} if isinstance(batch, dict) else batch.clone()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up: autotuning, cuDNN's choices, Adam's state
+        for _ in range(3):
+            train_step(static)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        train_step(static)
+
+    def replay() -> None:
+        for target, source in zip(tensors(static), tensors(batch), strict=True):
+            target.copy_(source)
+        graph.replay()
+        torch.cuda.synchronize(device)
+
+    return replay
 
 
 def main() -> None:

@@ -6,7 +6,8 @@
 # 1. tests/test_cuda.py: Triton and shift kernels against the unfold reference, the model's
 #    training step, smoke runs of every experiment on the GPU;
 # 2. the filtering benchmark on CUDA (reference, shift, Triton);
-# 3. full Moving MNIST training steps at the paper's batch size, several settings;
+# 3. full Moving MNIST training steps at the paper's batch size, several settings, and the step
+#    captured in a CUDA graph (its own step, so that a failed capture loses no other row);
 # 4. a short real Moving MNIST run through train.py (2,000 steps), for end-to-end iterations per
 #    second with the data module and logging.
 # Each step's output goes to LOG_DIR; a failing step is reported and the others still run.
@@ -29,6 +30,8 @@ step filtering.md "$PYTHON" scripts/benchmark_filtering.py --device cuda --min-t
 step training.md "$PYTHON" scripts/benchmark_training.py experiment=moving_mnist --device cuda \
     --batch-size 16 --steps 20 \
     --variants fp32,channels_last,bf16,bf16+channels_last,unfold,compile
+step training_graph.md "$PYTHON" scripts/benchmark_training.py experiment=moving_mnist \
+    --device cuda --batch-size 16 --steps 20 --variants fp32,cuda_graph
 step train_run.txt "$PYTHON" train.py experiment=moving_mnist trainer=gpu trainer.max_steps=2000 \
     data.test_size=1000 trainer.max_time=00:00:04:00
 if ((${#failed[@]})); then
