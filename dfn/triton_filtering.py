@@ -46,6 +46,16 @@ def _load_input(x_at, bias_at, mask, HAS_BIAS: tl.constexpr):
     return u
 
 
+@triton.jit
+def _pixel_block(H, W, BLOCK_P: tl.constexpr):
+    """This program's sample b, and its block of flat pixel indices p of the hw = H * W, with
+    the mask of those inside the image and their rows y and columns x."""
+    b = tl.program_id(1).to(tl.int64)
+    hw = H * W
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return b, hw, p, p < hw, p // W, p % W
+
+
 @triton.autotune(configs=CONFIGS, key=TUNING_KEY)
 @triton.jit
 def _forward_kernel(
@@ -54,12 +64,7 @@ def _forward_kernel(
     SHARED: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """out[c, p] = sum_t u[c, p + s_t] f_t[(c,) p], s_t being tap t's offset."""
-    b = tl.program_id(1).to(tl.int64)
-    hw = H * W
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    inside = p < hw
-    y = p // W
-    x = p % W
+    b, hw, p, inside, y, x = _pixel_block(H, W, BLOCK_P)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         here = (c < C)[:, None] & inside[None, :]
@@ -94,12 +99,7 @@ def _backward_kernel(
     """grad_filters[(c,) t, p] = sum_c g[c, p] u[c, p + s_t] (no sum for per-channel filters);
     grad_u[c, p] = sum_t g[c, p - s_t] f_t[(c,) p - s_t]. grad_u (the gradient of x + bias) is
     float32; grad_filters has the filters' dtype. All tensors are contiguous."""
-    b = tl.program_id(1).to(tl.int64)
-    hw = H * W
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    inside = p < hw
-    y = p // W
-    x = p % W
+    b, hw, p, inside, y, x = _pixel_block(H, W, BLOCK_P)
     if NEED_FILTERS:
         # taps outside, channel blocks inside: a shared filter's tap sums every channel
         for i in range(KH):
