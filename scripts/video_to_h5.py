@@ -4,6 +4,7 @@
     python scripts/video_to_h5.py frames/ -o data/drive              # a folder of images
     python scripts/video_to_h5.py left.mp4 right.mp4 -o data/stereo/  # stereo: highway_L, highway_R
     python scripts/video_to_h5.py kitti/2011_09_26_drive_0001_sync -o data/kitti/
+    python scripts/video_to_h5.py --clips dashcam/*.mp4 -o data/drive   # clips of one video
 
 An input is a video file (anything FFmpeg decodes, streamed with PyAV), a folder of images (taken
 in name order), or a KITTI-style folder whose ``image_02/`` and ``image_03/`` subfolders (or their
@@ -11,8 +12,10 @@ in name order), or a KITTI-style folder whose ``image_02/`` and ``image_03/`` su
 ``--size`` x ``--size`` by area averaging (the whole frame, aspect ratio not kept); ``--step``
 keeps every k-th frame. The first frames go to ``OUT_train.h5``, the last ``--test-fraction`` to
 ``OUT_test.h5`` (``OUT/train.h5`` and ``OUT/test.h5`` when OUT is a folder or ends with a slash),
-uint8 datasets ``highway_L`` (and ``highway_R``). Bad input gives one error line and exit status
-1, and no output file.
+uint8 datasets ``highway_L`` (and ``highway_R``). With ``--clips`` the inputs are clips of one
+mono video (a dashcam's files), joined in the order given, with a scene cut recorded at each join
+(dataset ``cuts``), so that no training or test window spans two clips. Bad input gives one error
+line and exit status 1, and no output file.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from datamodules.h5 import split_paths, write_h5_atomic
+from datamodules.h5 import CUTS, split_paths, write_h5_atomic
 from datamodules.highway import to_gray
 from dfn.errors import InputError
 
@@ -96,6 +99,20 @@ def read_view(
     return read_video(path, size, step, progress)
 
 
+def read_clips(
+    paths: Iterable[str | Path], size: int = 64, step: int = 1, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clips of one video (videos or image folders), joined in order: uint8 frames [N, size,
+    size] and the cuts, the index of the first frame of every clip but the first."""
+    clips = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise InputError(f"input not found: {path}")
+        clips.append(read_view(path, size, step, progress))
+    cuts = np.cumsum([len(clip) for clip in clips[:-1]], dtype=np.int64)
+    return np.concatenate(clips), cuts
+
+
 def _kitti_view(folder: Path, camera: str) -> Path:
     view = folder / camera
     return view / "data" if (view / "data").is_dir() else view
@@ -133,10 +150,11 @@ def convert(
     test_fraction: float = 0.2,
     step: int = 1,
     progress: bool = False,
+    clips: bool = False,
 ) -> tuple[Path, Path]:
-    """Write the train and test files of ``inputs`` (see ``read_views``) and return their paths:
-    ``OUTPUT_train.h5`` / ``OUTPUT_test.h5``, or ``OUTPUT/train.h5`` / ``OUTPUT/test.h5`` when
-    ``output`` is a folder (or ends with a slash)."""
+    """Write the train and test files of ``inputs`` (see ``read_views``, or ``read_clips`` with
+    ``clips``) and return their paths: ``OUTPUT_train.h5`` / ``OUTPUT_test.h5``, or
+    ``OUTPUT/train.h5`` / ``OUTPUT/test.h5`` when ``output`` is a folder (or ends with a slash)."""
     if not isinstance(size, int) or size < 1:
         raise InputError(f"--size must be a positive integer, got {size!r}")
     if not isinstance(step, int) or step < 1:
@@ -144,7 +162,12 @@ def convert(
     if not 0 < test_fraction < 1:
         raise InputError(f"--test-fraction must be in (0, 1), got {test_fraction}")
     inputs = list(inputs)
-    views = read_views(inputs, size, step, progress)
+    cuts = None
+    if clips:
+        frames, cuts = read_clips(inputs, size, step, progress)
+        views = {LEFT: frames}
+    else:
+        views = read_views(inputs, size, step, progress)
     count = len(views[LEFT])
     num_test = round(count * test_fraction)
     if num_test < 1 or num_test >= count:
@@ -156,10 +179,14 @@ def convert(
         Path(output).mkdir(parents=True, exist_ok=True)
     train_path, test_path = split_paths(output)
     attrs = {"source": " ".join(str(p) for p in inputs), "step": step}
-    cut = count - num_test
-    write_h5_atomic(train_path, {k: v[:cut] for k, v in views.items()}, **attrs)
+    split = count - num_test
+    train = {k: v[:split] for k, v in views.items()}
+    test = {k: v[split:] for k, v in views.items()}
+    if cuts is not None:  # a join at the split starts the test file: no cut needed there
+        train[CUTS], test[CUTS] = cuts[cuts < split], cuts[cuts > split] - split
+    write_h5_atomic(train_path, train, **attrs)
     try:
-        write_h5_atomic(test_path, {k: v[cut:] for k, v in views.items()}, **attrs)
+        write_h5_atomic(test_path, test, **attrs)
     except BaseException:
         train_path.unlink(missing_ok=True)  # a train file without its test file is no dataset
         raise
@@ -175,11 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels (64)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="last part for test")
     parser.add_argument("--step", type=int, default=1, help="keep every STEP-th frame (1)")
+    parser.add_argument(
+        "--clips", action="store_true", help="the inputs are clips of one video, joined in order"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         paths = convert(
-            args.inputs, args.output, args.size, args.test_fraction, args.step, not args.quiet
+            args.inputs,
+            args.output,
+            size=args.size,
+            test_fraction=args.test_fraction,
+            step=args.step,
+            progress=not args.quiet,
+            clips=args.clips,
         )
     except InputError as e:
         print(f"video_to_h5: error: {e}", file=sys.stderr)

@@ -118,3 +118,32 @@ def test_command_line_prints_the_files(tmp_path, capsys):
         str(tmp_path / "c_test.h5"),
     ]
     assert read(tmp_path / "c_test.h5")["highway_L"].shape == (2, 16, 16)
+
+
+def test_clips_are_joined_with_a_cut_at_each_join(tmp_path, capsys):
+    frames = square_frames(30)
+    clips = [  # 12 + 14 + 4 frames: joins at 12 and 26; the last 6 frames (24-29) are the test
+        write_video(tmp_path / "a.mp4", frames[:12]),
+        write_images(tmp_path / "b", frames[12:26]),
+        write_video(tmp_path / "c.mp4", frames[26:]),
+    ]
+    assert main(["--clips", *map(str, clips), "-o", str(tmp_path / "drive"), "--quiet"]) == 0
+    train, test = read(tmp_path / "drive_train.h5"), read(tmp_path / "drive_test.h5")
+    assert train["highway_L"].shape == (24, 64, 64) and test["highway_L"].shape == (6, 64, 64)
+    assert train["cuts"].tolist() == [12] and test["cuts"].tolist() == [2]
+    moves = np.diff([centre_x(f.astype(np.float64)) for f in train["highway_L"]])
+    np.testing.assert_allclose(moves, 1.0, atol=0.2)  # the clips in the order given
+    assert (
+        main(
+            [
+                "--clips",
+                str(clips[0]),
+                str(tmp_path / "none.mp4"),
+                "-o",
+                str(tmp_path / "x"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
+    assert "input not found" in capsys.readouterr().err
