@@ -97,9 +97,10 @@ class StreamDataModule(LightningDataModule):
     share of it under DDP) and evaluates on fixed sets served in order.
 
     Under DDP each rank evaluates a contiguous share of a fixed set (rank 0 the first samples,
-    which the figures show); the test metrics are sums reduced across the ranks, so they equal
-    one process's over the whole set. A set smaller than the number of ranks is served whole to
-    every rank.
+    which the figures show). The test metrics are sums reduced across the ranks, so they equal
+    one process's over the whole set; a validation loss is the mean of the ranks' means, whose
+    shares differ by one sample at most. A set smaller than the number of ranks is served whole
+    to every rank.
 
     Subclasses pass the three settings all of them share to ``__init__``, save their arguments
     with ``save_hyperparameters()`` (``pin_memory`` is optional) and build ``train_set``,
