@@ -47,10 +47,8 @@ def make_batch(cfg, batch_size: int, device: torch.device) -> object:
     return {"left": left, "right": left.roll(2, -1), "disparity": torch.zeros_like(left)}
 
 
-def time_variant(
-    cfg, batch, steps: int, device: torch.device,
-    channels_last=False, bf16=False, compile=False, impl=None, graph=False,
-):  # fmt: skip
+def build_model(cfg, device: torch.device, channels_last=False, compile=False, impl=None):
+    """The experiment's model from its config (seed 0), set up as a run would set it up."""
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model).to(device)
     model.log = lambda *args, **kwargs: None  # no trainer here
@@ -60,15 +58,32 @@ def time_variant(
         model.predictor.filtering.impl = impl  # as model.predictor.filtering.impl=... does
     model.channels_last = channels_last  # what model.channels_last=... does in a run
     model.setup("fit")
-    optimizer = torch.optim.Adam(model.parameters(), capturable=graph)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    return model
+
+
+def make_train_step(model, optimizer, autocast=None):
+    """One training step on a batch: the loss (under ``autocast``), backward, the update."""
 
     def train_step(batch) -> None:
-        with autocast:
+        with autocast or nullcontext():
             loss = model.training_step(batch, 0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+    return train_step
+
+
+def time_variant(
+    cfg, batch, steps: int, device: torch.device,
+    channels_last=False, bf16=False, compile=False, impl=None, graph=False,
+):  # fmt: skip
+    if graph and device.type != "cuda":
+        raise SystemExit("the cuda_graph variant needs --device cuda")
+    model = build_model(cfg, device, channels_last, compile, impl)
+    optimizer = torch.optim.Adam(model.parameters(), capturable=graph)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
+    train_step = make_train_step(model, optimizer, autocast)
 
     def step() -> None:
         train_step(batch)
@@ -76,8 +91,6 @@ def time_variant(
             torch.cuda.synchronize(device)
 
     if graph:
-        if device.type != "cuda":
-            raise SystemExit("the cuda_graph variant needs --device cuda")
         step = captured_step(train_step, batch, device)
     step()  # warm-up (and compilation)
     times = []
