@@ -34,7 +34,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from dfn.filtering import dynamic_local_filter, triton_available
+from dfn.filtering import cpp_available, dynamic_local_filter, triton_available
 
 MB = 1e6
 
@@ -246,7 +246,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_cpu = device.type == "cpu"
-    impls = ["reference", "shift"] + (["cpp"] if on_cpu else [])
+    impls = ["reference", "shift"] + (["cpp"] if on_cpu and cpp_available() else [])
     impls += ["triton"] if not on_cpu and triton_available() else []
 
     name = cpu_model() if on_cpu else torch.cuda.get_device_name(device)

@@ -183,3 +183,20 @@ def test_error_by_region_splits_a_runs_test_error(smoke_runs):
     # an 8x8 map of ones, 2-pixel edges: 2 x 2 x 8 in the columns, 2 x 2 x 4 in the rows
     sums = regions.region_errors(torch.ones(8, 8), border=2)
     assert sums == {"total": 64.0, "edge columns": 32.0, "edge rows": 16.0, "inside": 16.0}
+
+
+def test_stereo_generalisation_scores_a_runs_two_bands(smoke_runs):
+    result = run_script("scripts/stereo_generalisation.py", str(smoke_runs["stereo"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {
+        cells[1].strip(): [float(c) for c in cells[2:9]]
+        for cells in (line.split("|") for line in result.stdout.splitlines())
+        if cells[0] == "" and cells[1].strip() in ("validation (training band)", "test band")
+    }
+    assert len(rows) == 2
+    metrics = json.loads((smoke_runs["stereo"] / "metrics.json").read_text())
+    count, _, copy_left, epe, zero, mean, correlation = rows["test band"]
+    # copying the left view does not depend on the checkpoint: the run's own test number
+    assert count == 4 and copy_left == pytest.approx(metrics["test/copy_left/mse"], rel=1e-3)
+    assert min(epe, zero, mean) > 0 and -1 <= correlation <= 1
+    assert rows["validation (training band)"][0] == 6  # the fixed crops of the training band
