@@ -40,12 +40,19 @@ def run_script(script: str, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
-def load_report_module():
-    spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
+def load_script(name: str = "report"):
+    """scripts/NAME.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """A Markdown table's body rows printed by a script: first cell -> the other cells."""
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()]
+    return {r[0]: r[1:] for r in rows if r and not r[0].startswith("---")}
 
 
 def scores(metrics: dict) -> dict:
@@ -129,7 +136,7 @@ def test_eval_cli_takes_the_training_overrides(smoke_runs, tmp_path, data_dir):
 
 
 def test_report_has_every_table_1_row_and_its_figures(smoke_runs, tmp_path):
-    report = load_report_module()
+    report = load_script()
     out = report.main([str(p) for p in smoke_runs.values()] + ["--out", str(tmp_path / "R.md")])
     text = out.read_text()
     section = text.split("## Table 1")[1].split("## Runs")[0]
@@ -164,9 +171,9 @@ def test_error_by_region_splits_a_runs_test_error(smoke_runs):
     result = run_script("scripts/error_by_region.py", str(smoke_runs["moving_mnist"]))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {
-        cells[1].strip(): [float(c) for c in cells[4:8]]
-        for cells in (line.split("|") for line in result.stdout.splitlines())
-        if cells[0] == "" and cells[1].startswith(" moving_mnist (")
+        name: [float(c) for c in cells[2:]]
+        for name, cells in table_rows(result.stdout).items()
+        if name.startswith("moving_mnist (")
     }
     metrics = json.loads((smoke_runs["moving_mnist"] / "metrics.json").read_text())
     # the copy-last predictor's total is the run's test/copy_last/mse, whatever the checkpoint
@@ -175,11 +182,7 @@ def test_error_by_region_splits_a_runs_test_error(smoke_runs):
     )
     assert rows["moving_mnist (model)"][3] > 0  # inside: where the digits are
 
-    spec = importlib.util.spec_from_file_location(
-        "regions", ROOT / "scripts" / "error_by_region.py"
-    )
-    regions = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(regions)
+    regions = load_script("error_by_region")
     # an 8x8 map of ones, 2-pixel edges: 2 x 2 x 8 in the columns, 2 x 2 x 4 in the rows
     sums = regions.region_errors(torch.ones(8, 8), border=2)
     assert sums == {"total": 64.0, "edge columns": 32.0, "edge rows": 16.0, "inside": 16.0}
@@ -189,9 +192,9 @@ def test_stereo_generalisation_scores_a_runs_two_bands(smoke_runs):
     result = run_script("scripts/stereo_generalisation.py", str(smoke_runs["stereo"]))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {
-        cells[1].strip(): [float(c) for c in cells[2:9]]
-        for cells in (line.split("|") for line in result.stdout.splitlines())
-        if cells[0] == "" and cells[1].strip() in ("validation (training band)", "test band")
+        name: [float(c) for c in cells]
+        for name, cells in table_rows(result.stdout).items()
+        if name in ("validation (training band)", "test band")
     }
     assert len(rows) == 2
     metrics = json.loads((smoke_runs["stereo"] / "metrics.json").read_text())

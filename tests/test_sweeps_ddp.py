@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from dfn.run import evaluate, fit_and_test
 from tests.conftest import smoke_overrides
-from tests.test_eval_report import SHORT_VIDEO, load_report_module, run_script, scores
+from tests.test_eval_report import SHORT_VIDEO, load_script, run_script, scores
 
 
 def test_seed_sweep_gets_one_folder_per_job_and_a_mean_and_spread(tmp_path, data_dir):
@@ -34,7 +34,7 @@ def test_seed_sweep_gets_one_folder_per_job_and_a_mean_and_spread(tmp_path, data
     mse = [json.loads(p.read_text())["test/mse"] for p in jobs]
     assert mse[0] != mse[1]  # the seeds train differently
 
-    report = load_report_module()
+    report = load_script()
     text = report.main([str(sweep), "--out", str(tmp_path / "report" / "R.md")]).read_text()
     (row,) = [line for line in text.splitlines() if line.startswith("| 00_steerable ")]
     spread = f"{report.number(statistics.mean(mse))} ± {report.number(statistics.stdev(mse))}"
