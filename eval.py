@@ -4,7 +4,8 @@ python eval.py experiment=moving_mnist ckpt_path=outputs/runs/.../checkpoints/st
 import hydra
 from omegaconf import DictConfig
 
-from dfn.run import evaluate, reporting_user_errors
+from dfn.run.cli import reporting_user_errors
+from dfn.run.experiment import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")

@@ -3,7 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from dfn.run import fit_and_test, reporting_user_errors
+from dfn.run.cli import reporting_user_errors
+from dfn.run.experiment import fit_and_test
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

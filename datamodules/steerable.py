@@ -1,8 +1,8 @@
-"""Random crops of the natural images scikit-image ships, with a random angle and the image
-filtered by that angle's steerable filter (paper section 4.1). Train, validation and test crops
-come from disjoint source images. Each crop is standardised to zero mean and unit variance: raw
-intensities around 0.5 make the filter's sum (its response to the mean) dominate the loss, and
-the shape of the filter is then learned far more slowly."""
+"""Random crops of the natural images scikit-image ships, each with a random angle (paper section
+4.1); the task filters a crop with its angle's steerable filter to make the target. Train,
+validation and test crops come from disjoint source images. Each crop is standardised to zero
+mean and unit variance: raw intensities around 0.5 make the filter's sum (its response to the
+mean) dominate the loss, and the shape of the filter is then learned far more slowly."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from skimage.color import rgb2gray
 from torch.utils.data import Dataset
 
 from datamodules.stream import StreamDataModule, check_integers, sample_rng
-from dfn.steerable import steer
 
 SPLITS = {
     "train": (
@@ -55,19 +54,11 @@ def random_crop(images: list[np.ndarray], rng: np.random.Generator, size: int) -
 
 
 class SteerableCrops(Dataset):
-    """Sample i: a crop and an angle drawn from ``sample_rng(seed, i)``, and its target."""
+    """Sample i: a crop [1, size, size] and an angle in [0, 2 pi), drawn from
+    ``sample_rng(seed, i)``."""
 
-    def __init__(
-        self,
-        images,
-        seed: int,
-        size: int,
-        length: int | None = None,
-        kernel_size: int = 9,
-        sigma: float = 1.0,
-    ) -> None:
+    def __init__(self, images, seed: int, size: int, length: int | None = None) -> None:
         self.images, self.seed, self.size, self.length = images, seed, size, length
-        self.kernel_size, self.sigma = kernel_size, sigma
 
     def __len__(self) -> int:
         return self.length if self.length is not None else 2**62
@@ -77,8 +68,7 @@ class SteerableCrops(Dataset):
         crop = torch.from_numpy(random_crop(self.images, rng, self.size).copy())[None]
         crop = (crop - crop.mean()) / crop.std().clamp_min(1e-3)  # zero mean, unit variance
         theta = torch.tensor(rng.uniform(0.0, 2 * math.pi), dtype=torch.float32)
-        target = steer(crop[None], theta[None], self.kernel_size, self.sigma)[0]
-        return crop, theta, target
+        return crop, theta
 
 
 class SteerableDataModule(StreamDataModule):
@@ -91,8 +81,6 @@ class SteerableDataModule(StreamDataModule):
         crop_size: int = 64,
         val_size: int = 512,
         test_size: int = 2048,
-        kernel_size: int = 9,
-        sigma: float = 1.0,
     ) -> None:
         super().__init__(batch_size, num_workers, steps_per_epoch)
         check_integers(
@@ -104,8 +92,8 @@ class SteerableDataModule(StreamDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        args = dict(size=hp.crop_size, kernel_size=hp.kernel_size, sigma=hp.sigma)
+        size = hp.crop_size
         # Fixed seeds, independent of the training seed, keep the evaluation sets fixed.
-        self.train_set = SteerableCrops(load_images(SPLITS["train"]), hp.seed, **args)
-        self.val_set = SteerableCrops(load_images(SPLITS["val"]), 1, length=hp.val_size, **args)
-        self.test_set = SteerableCrops(load_images(SPLITS["test"]), 2, length=hp.test_size, **args)
+        self.train_set = SteerableCrops(load_images(SPLITS["train"]), hp.seed, size)
+        self.val_set = SteerableCrops(load_images(SPLITS["val"]), 1, size, hp.val_size)
+        self.test_set = SteerableCrops(load_images(SPLITS["test"]), 2, size, hp.test_size)

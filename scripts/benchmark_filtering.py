@@ -34,7 +34,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from dfn.filtering import cpp_available, dynamic_local_filter, triton_available
+from dfn.ops.filtering import cpp_available, dynamic_local_filter, triton_available
 
 MB = 1e6
 

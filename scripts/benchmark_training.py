@@ -25,7 +25,7 @@ import hydra
 import torch
 from hydra import compose, initialize_config_dir
 
-from dfn.run import PROJECT_ROOT
+from dfn.run.experiment import PROJECT_ROOT
 
 VARIANTS = {
     "fp32": {},

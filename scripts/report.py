@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from dfn.errors import InputError  # noqa: E402
 from dfn.reference_results import OTHER_MOVING_MNIST, PAPER_RESULTS, PaperResult  # noqa: E402
-from dfn.run import reporting_user_errors  # noqa: E402
+from dfn.run.cli import reporting_user_errors  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

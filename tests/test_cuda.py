@@ -10,8 +10,8 @@ import hydra
 import pytest
 import torch
 
-from dfn.filtering import _resolve_impl, dynamic_local_filter, dynamic_local_filter_reference
-from dfn.run import fit_and_test
+from dfn.ops.filtering import _resolve_impl, dynamic_local_filter, dynamic_local_filter_reference
+from dfn.run.experiment import fit_and_test
 from tests.conftest import EXPERIMENTS, smoke_overrides
 from tests.test_filtering import make_inputs, value_and_grads
 

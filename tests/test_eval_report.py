@@ -17,7 +17,7 @@ from torchvision.io import decode_png, read_file
 
 from dfn.errors import InputError
 from dfn.reference_results import PAPER_RESULTS
-from dfn.run import evaluate
+from dfn.run.experiment import evaluate
 from tests.conftest import ROOT, smoke_overrides
 
 # Moving MNIST with 2 input and 2 predicted frames: per-horizon metrics at a tenth of the cost.

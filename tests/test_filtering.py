@@ -12,9 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfn import filtering
-from dfn.errors import InputError
-from dfn.filtering import (
+from dfn.ops import filtering
+from dfn.ops.filtering import (
     DynamicConv,
     DynamicLocalFilter,
     cpp_available,
@@ -244,9 +243,9 @@ def test_impl_choice_and_module():
         torch.testing.assert_close(dynamic_local_filter(x, filters, 3, bias, impl=impl), expected)
         layer = DynamicLocalFilter(3, dynamic_bias=True, impl=impl)
         torch.testing.assert_close(layer(x, generated), expected_layer)
-    with pytest.raises(InputError, match="impl must be one of"):
+    with pytest.raises(ValueError, match="impl must be one of"):
         dynamic_local_filter(x, filters, 3, impl="unfold")
-    with pytest.raises(InputError, match="impl must be one of"):
+    with pytest.raises(ValueError, match="impl must be one of"):
         DynamicLocalFilter(3, impl="cuda")
 
 
@@ -265,13 +264,13 @@ def test_auto_falls_back_to_shift_once_without_the_cpp_kernel(monkeypatch):
             torch.testing.assert_close(dynamic_local_filter(x, filters, 3, bias), expected)
     assert len(caught) == 1
     assert filtering._resolve_impl("auto", x) == "shift"
-    with pytest.raises(InputError, match=r"impl='cpp'.*no C\+\+ compiler \(test\)"):
+    with pytest.raises(ValueError, match=r"impl='cpp'.*no C\+\+ compiler \(test\)"):
         dynamic_local_filter(x, filters, 3, bias, impl="cpp")
 
 
 def test_cpp_impl_needs_cpu_tensors():
     x, filters = torch.zeros(1, 1, 4, 5, device="meta"), torch.zeros(1, 9, 4, 5, device="meta")
-    with pytest.raises(InputError, match="impl='cpp' needs CPU tensors, got x on meta"):
+    with pytest.raises(ValueError, match="impl='cpp' needs CPU tensors, got x on meta"):
         dynamic_local_filter(x, filters, 3, impl="cpp")
 
 
@@ -285,8 +284,8 @@ def test_cpp_build_failure_is_reported(tmp_path):
         """
         import warnings
         import torch
-        from dfn.errors import InputError
-        from dfn.filtering import dynamic_local_filter, dynamic_local_filter_reference
+
+        from dfn.ops.filtering import dynamic_local_filter, dynamic_local_filter_reference
 
         x, filters = torch.randn(1, 2, 4, 5), torch.randn(1, 9, 4, 5)
         expected = dynamic_local_filter_reference(x, filters, 3)
@@ -298,7 +297,7 @@ def test_cpp_build_failure_is_reported(tmp_path):
         print("WARNING:", caught[0].message)
         try:
             dynamic_local_filter(x, filters, 3, impl="cpp")
-        except InputError as error:
+        except ValueError as error:
             print("ERROR:", error)
         """
     )
@@ -323,7 +322,7 @@ def test_cpp_build_failure_is_reported(tmp_path):
 def test_triton_impl_needs_cuda(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x, filters, _ = make_inputs(1, 1, (4, 5), (3, 3), False, None)
-    with pytest.raises(InputError, match="needs CUDA tensors, got x on cpu"):
+    with pytest.raises(ValueError, match="needs CUDA tensors, got x on cpu"):
         dynamic_local_filter(x, filters, 3, impl="triton")
 
 
@@ -336,7 +335,7 @@ def test_triton_kernels_in_interpreter():
     script = textwrap.dedent(
         """
         import torch
-        from dfn.filtering import dynamic_local_filter, dynamic_local_filter_reference
+        from dfn.ops.filtering import dynamic_local_filter, dynamic_local_filter_reference
 
         cases = [  # x, filters, bias shapes, kernel, channels-last x
             # shared filters, two channel blocks, broadcast bias, channels-last
@@ -431,7 +430,7 @@ def test_local_filter_rejects_bad_shapes(impl, x_shape, filter_shape, bias_shape
         if impl == "reference"
         else functools.partial(dynamic_local_filter, impl=impl)
     )
-    with pytest.raises(InputError) as error:
+    with pytest.raises(ValueError) as error:
         fn(torch.zeros(x_shape), torch.zeros(filter_shape), kernel, bias)
     assert isinstance(error.value, ValueError)
     for text in named:
@@ -449,14 +448,14 @@ def test_local_filter_rejects_bad_shapes(impl, x_shape, filter_shape, bias_shape
     ],
 )
 def test_dynamic_conv_rejects_bad_shapes(x_shape, filter_shape, kernel, named):
-    with pytest.raises(InputError) as error:
+    with pytest.raises(ValueError) as error:
         dynamic_conv(torch.zeros(x_shape), torch.zeros(filter_shape), kernel)
     for text in named:
         assert text in str(error.value)
 
 
 def test_split_rejects_wrong_generator_output():
-    with pytest.raises(InputError, match=r"\[B, 10, H, W\].*\(2, 9, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"\[B, 10, H, W\].*\(2, 9, 4, 4\)"):
         DynamicLocalFilter(3, dynamic_bias=True).split(torch.zeros(2, 9, 4, 4))
 
 

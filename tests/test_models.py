@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from dfn.errors import InputError
-from dfn.filtering import DynamicLocalFilter
-from dfn.metrics import PSNR_CAP, PredictionMetrics, frame_metrics
-from dfn.networks import FilterGenerator, UntiedBiasConv
-from dfn.predictor import EPS, DynamicFilterPredictor
+from dfn.models.generators import FilterGenerator, UntiedBiasConv
+from dfn.models.predictor import EPS, DynamicFilterPredictor
+from dfn.ops.filtering import DynamicLocalFilter
+from dfn.tasks.metrics import PSNR_CAP, PredictionMetrics, frame_metrics
 
 
 def mnist_generator(**kwargs):

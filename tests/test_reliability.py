@@ -22,8 +22,9 @@ import datamodules.moving_mnist as mm
 from datamodules.h5 import read_frames, write_h5_atomic
 from datamodules.stream import StreamLoader
 from dfn.errors import InputError
-from dfn.run import fit_and_test, reporting_user_errors
-from dfn.steerable import SteerableFilterTask
+from dfn.run.cli import reporting_user_errors
+from dfn.run.experiment import fit_and_test
+from dfn.tasks.steerable import SteerableFilterTask
 from tests.conftest import ROOT, compose_config, smoke_overrides
 
 
@@ -100,12 +101,13 @@ def add_callback(cfg, **signal_at) -> None:
             "model: kernel_size must be odd and positive, got 0",
         ),
         (
-            ["experiment=steerable", "model.generator.out_features=80"],
-            "model.generator.out_features=80, but a 9x9 filter (model.kernel_size=9) has 81 taps",
+            ["experiment=steerable", "+model.generator.out_features=80"],
+            "model: out_features=80 is set in the config, but the task (in_features: the "
+            "angle; out_features: kernel_size**2 taps) derives it (out_features=81); remove it",
         ),
         (
             ["experiment=moving_mnist", "+model.predictor.generator.out_channels=80"],
-            "model.predictor.generator.out_channels=80, but the predictor sets it",
+            "model.predictor: out_channels=80 is set in the config, but the predictor",
         ),
         (
             ["experiment=moving_mnist", "model.num_predicted=11"],

@@ -11,7 +11,7 @@ from datamodules.stereo import (
     right_view_disparity,
 )
 from dfn.errors import InputError
-from dfn.filtering import dynamic_local_filter, expected_displacement
+from dfn.ops.filtering import dynamic_local_filter, expected_displacement
 
 
 def interpolation_filters(offsets: torch.Tensor) -> torch.Tensor:

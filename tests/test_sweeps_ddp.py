@@ -12,7 +12,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from dfn.run import evaluate, fit_and_test
+from dfn.run.experiment import evaluate, fit_and_test
 from tests.conftest import smoke_overrides
 from tests.test_eval_report import SHORT_VIDEO, load_script, run_script, scores
 

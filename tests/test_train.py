@@ -14,8 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from dfn.errors import InputError
-from dfn.metrics import METRICS
-from dfn.run import fit_and_test
+from dfn.run.experiment import fit_and_test
+from dfn.tasks.metrics import METRICS
 from tests.conftest import EXPERIMENTS, ROOT, smoke_overrides
 
 PARAMETERS = {  # the authors' counts (../shared/REFERENCE_SETUP.md); steerable: 1-64-128-81 MLP

@@ -2,22 +2,23 @@
 
 A fully connected network maps an angle theta to a 9x9 filter that a dynamic convolution applies
 to the image; the target is the image filtered with the steerable first derivative of a Gaussian,
-cos(theta) Gx + sin(theta) Gy.
+cos(theta) Gx + sin(theta) Gy, computed here from the batch's images and angles.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from dfn.filtering import DynamicConv
-from dfn.networks import MLPFilterGenerator
-from dfn.task import DFNTask
-from dfn.visualize import filter_grid, sequence_grid
+from dfn.models.generators import MLPFilterGenerator, complete
+from dfn.ops.filtering import DynamicConv
+from dfn.tasks.base import DFNTask
+from dfn.tasks.visualize import filter_grid, sequence_grid
 
 
 def gaussian_derivatives(size: int = 9, sigma: float = 1.0) -> Tensor:
@@ -48,13 +49,26 @@ def steer(images: Tensor, theta: Tensor, size: int = 9, sigma: float = 1.0) -> T
 
 
 class SteerableFilterTask(DFNTask):
+    """Batches are (images [B, 1, H, W], angles [B]); the target is ``steer`` of them with the
+    analytic filter of ``kernel_size`` taps a side and scale ``sigma``, the size of the filter
+    the generator learns (it is built with ``kernel_size**2`` outputs from the one angle)."""
+
     def __init__(
-        self, generator: MLPFilterGenerator, kernel_size: int = 9, sigma: float = 1.0, **kwargs
+        self,
+        generator: Callable[..., MLPFilterGenerator],
+        kernel_size: int = 9,
+        sigma: float = 1.0,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False, ignore=["generator", "optimizer", "scheduler"])
-        self.generator = generator
-        self.filtering = DynamicConv(kernel_size)
+        self.filtering = DynamicConv(kernel_size)  # checks kernel_size first
+        self.generator = complete(
+            generator,
+            "the task (in_features: the angle; out_features: kernel_size**2 taps)",
+            in_features=1,
+            out_features=kernel_size**2,
+        )
         self.kernel_size = kernel_size
         self.sigma = sigma
         self.test_means = torch.nn.ModuleDict(
@@ -69,14 +83,20 @@ class SteerableFilterTask(DFNTask):
     def forward(self, images: Tensor, theta: Tensor) -> Tensor:
         return self.filtering(images, self.generate_filters(theta).flatten(1))
 
+    def target(self, images: Tensor, theta: Tensor) -> Tensor:
+        """The images filtered with their angles' analytic steerable filters."""
+        return steer(images, theta, self.kernel_size, self.sigma)
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        images, theta, target = batch
+        images, theta = batch
+        target = self.target(images, theta)
         loss = F.mse_loss(self(images, theta), target)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, theta, target = batch
+        images, theta = batch
+        target = self.target(images, theta)
         output = self(images, theta)
         self.log("val/loss", F.mse_loss(output, target), prog_bar=True, sync_dist=True)
         if batch_idx == 0:
@@ -87,7 +107,8 @@ class SteerableFilterTask(DFNTask):
             self.log_image("val/filters_learned_vs_analytic", self.figure_4())
 
     def test_step(self, batch, batch_idx: int) -> None:
-        images, theta, target = batch
+        images, theta = batch
+        target = self.target(images, theta)
         err = (self(images, theta) - target).square()
         self.test_means["mse"].update(err.flatten(1).mean(1))
         self.test_means["target"].update(target.flatten(1).mean(1))

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from dfn.errors import InputError
-from dfn.filtering import DynamicLocalFilter, dynamic_local_filter
-from dfn.networks import FilterGenerator, he_uniform_
+from dfn.models.generators import FilterGenerator, complete, he_uniform_
+from dfn.ops.filtering import DynamicLocalFilter, dynamic_local_filter
 
 EPS = float(torch.finfo(torch.float32).eps)
 
@@ -34,8 +34,12 @@ class DynamicFilterPredictor(nn.Module):
         if mode not in ("dfn", "baseline"):
             raise InputError(f"model mode must be 'dfn' or 'baseline', got {mode!r}")
         # The generator sees the last frames as channels and outputs the filters' taps (+ bias).
-        self.generator = generator(
-            in_channels=frames_per_step, out_channels=filtering.generated_channels
+        self.generator = complete(
+            generator,
+            "the predictor (in_channels: frames_per_step; out_channels: the filter's taps, "
+            "plus one with a dynamic bias)",
+            in_channels=frames_per_step,
+            out_channels=filtering.generated_channels,
         )
         if compile:  # torch.compile the per-step network in place; the state dict is unchanged
             self.generator.compile()

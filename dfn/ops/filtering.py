@@ -9,8 +9,8 @@ and the output has the input's spatial size.
 ``"reference"`` unfolds the input (kh*kw copies of it; simple, the one the others are tested
 on), ``"shift"`` accumulates kh*kw shifted products with one PyTorch op per tap and never
 unfolds (any device; the CPU fallback), ``"cpp"`` computes the same sums in a compiled CPU kernel
-(``dfn/csrc/local_filter.cpp``, built on first use) that makes one pass over the filters per
-forward and one per backward, ``"triton"`` runs the kernels of ``dfn.triton_filtering`` (CUDA).
+(``dfn/ops/csrc/local_filter.cpp``, built on first use) that makes one pass over the filters per
+forward and one per backward, ``"triton"`` runs the kernels of ``dfn.ops.triton_filtering`` (CUDA).
 ``"auto"`` picks the fastest measured: on CPU, cpp when it builds, otherwise shift (with a
 warning); on CUDA, Triton when it imports, otherwise the reference. docs/PERFORMANCE.md has the
 measurements.
@@ -33,8 +33,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from dfn.errors import InputError
-
 Impl = Literal["auto", "reference", "shift", "cpp", "triton"]
 IMPLS = ("auto", "reference", "shift", "cpp", "triton")
 
@@ -44,14 +42,14 @@ log = logging.getLogger(__name__)
 def _pair(kernel_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
     if kh < 1 or kw < 1 or kh % 2 == 0 or kw % 2 == 0:
-        raise InputError(f"kernel_size must be odd and positive, got {kernel_size!r}")
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size!r}")
     return int(kh), int(kw)
 
 
 def _check_local(x: Tensor, filters: Tensor, kernel_size, bias: Tensor | None) -> tuple[int, int]:
     kh, kw = _pair(kernel_size)
     if x.dim() != 4:
-        raise InputError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
+        raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
     expected = f"[{b}, {kh * kw}, {h}, {w}] or [{b}, {c}, {kh * kw}, {h}, {w}]"
     shape = tuple(filters.shape)
@@ -62,14 +60,14 @@ def _check_local(x: Tensor, filters: Tensor, kernel_size, bias: Tensor | None) -
     else:
         ok = False
     if not ok:
-        raise InputError(
+        raise ValueError(
             f"filters for a {kh}x{kw} dynamic local filter on x of shape {tuple(x.shape)} "
             f"must be {expected}, got {shape}"
         )
     if bias is not None and (
         bias.dim() != 4 or tuple(bias.shape) not in {(b, 1, h, w), (b, c, h, w)}
     ):
-        raise InputError(
+        raise ValueError(
             f"bias must be [{b}, 1, {h}, {w}] or [{b}, {c}, {h}, {w}], got {tuple(bias.shape)}"
         )
     return kh, kw
@@ -93,7 +91,7 @@ def dynamic_local_filter_reference(
 def triton_available() -> bool:
     """Whether the Triton kernels can be imported (Triton installed and importable)."""
     try:
-        import dfn.triton_filtering  # noqa: F401
+        import dfn.ops.triton_filtering  # noqa: F401
     except ImportError:
         return False
     return True
@@ -194,7 +192,7 @@ def _warn_no_cpp(problem: str) -> None:
 
 def _resolve_impl(impl: str, x: Tensor) -> str:
     if impl not in IMPLS:
-        raise InputError(f"impl must be one of {IMPLS}, got {impl!r}")
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         if x.device.type != "cpu":
             # without Triton the unfold reference: on an H200 it beat shift's per-tap launches
@@ -207,10 +205,10 @@ def _resolve_impl(impl: str, x: Tensor) -> str:
         return "shift"
     if impl == "cpp":
         if x.device.type != "cpu":
-            raise InputError(f"impl='cpp' needs CPU tensors, got x on {x.device}")
+            raise ValueError(f"impl='cpp' needs CPU tensors, got x on {x.device}")
         problem = _cpp_problem()
         if problem is not None:
-            raise InputError(
+            raise ValueError(
                 f"impl='cpp': the C++ kernel ({_CPP_SOURCE}) is not available: {problem}"
             )
     return impl
@@ -450,10 +448,10 @@ def dynamic_local_filter(
     if impl == "triton":
         # Triton's interpreter (TRITON_INTERPRET=1, used by the tests) also runs on CPU
         if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise InputError(f"impl='triton' needs CUDA tensors, got x on {x.device}")
+            raise ValueError(f"impl='triton' needs CUDA tensors, got x on {x.device}")
         if not triton_available():
-            raise InputError("impl='triton' needs the triton package, which does not import here")
-        from dfn.triton_filtering import triton_local_filter
+            raise ValueError("impl='triton' needs the triton package, which does not import here")
+        from dfn.ops.triton_filtering import triton_local_filter
 
         return triton_local_filter(x, filters, (kh, kw), bias)
     return _ShiftLocalFilter.apply(x, filters, bias, kh, kw, _CPP if impl == "cpp" else _SHIFT)
@@ -467,10 +465,10 @@ def dynamic_conv(x: Tensor, filters: Tensor, kernel_size) -> Tensor:
     """
     kh, kw = _pair(kernel_size)
     if x.dim() != 4:
-        raise InputError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
+        raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
     if tuple(filters.shape) not in {(b, kh * kw), (b, c, kh * kw)}:
-        raise InputError(
+        raise ValueError(
             f"filters for a {kh}x{kw} dynamic convolution on x of shape {tuple(x.shape)} "
             f"must be [{b}, {kh * kw}] or [{b}, {c}, {kh * kw}], got {tuple(filters.shape)}"
         )
@@ -495,7 +493,7 @@ class DynamicLocalFilter(nn.Module):
     ) -> None:
         super().__init__()
         if impl not in IMPLS:
-            raise InputError(f"impl must be one of {IMPLS}, got {impl!r}")
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.kernel_size = _pair(kernel_size)
         self.softmax = softmax
         self.dynamic_bias = dynamic_bias
@@ -512,7 +510,7 @@ class DynamicLocalFilter(nn.Module):
     def split(self, generated: Tensor) -> tuple[Tensor, Tensor | None]:
         """[B, taps (+1), H, W] -> filters [B, taps, H, W] (softmaxed if set), bias or None."""
         if generated.dim() != 4 or generated.shape[1] != self.generated_channels:
-            raise InputError(
+            raise ValueError(
                 f"the filter generator must output [B, {self.generated_channels}, H, W] for a "
                 f"{self.kernel_size[0]}x{self.kernel_size[1]} filter"
                 f"{' with dynamic bias' if self.dynamic_bias else ''}, got {tuple(generated.shape)}"

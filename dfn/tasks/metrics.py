@@ -18,7 +18,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from dfn.predictor import EPS
+from dfn.models.predictor import EPS
 
 METRICS = ("bce", "mse", "mae", "ssim", "psnr")
 PSNR_CAP = 100.0  # dB: an MSE of 1e-10 of the data range squared

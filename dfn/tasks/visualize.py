@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import flow_to_image, make_grid
 
-from dfn.filtering import expected_displacement
+from dfn.ops.filtering import expected_displacement
 
 
 def sequence_grid(rows: list[Tensor]) -> Tensor:

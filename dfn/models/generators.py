@@ -9,7 +9,10 @@ convs and is ADDED to the encoder's output; the sum is the new hidden state (the
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +20,22 @@ from torch import Tensor, nn
 from dfn.errors import InputError
 
 Layer = int | str
+T = TypeVar("T")
+
+
+def complete(factory: Callable[..., T], by: str, **derived) -> T:
+    """Call a partial config (``_partial_: true``) with the arguments its owner derives.
+
+    A value the config sets for one of them would be silently replaced, so it is an error that
+    names the argument and who derives it (``by``).
+    """
+    given = set(factory.keywords) if isinstance(factory, functools.partial) else set()
+    for name in sorted(given & set(derived)):
+        raise InputError(
+            f"{name}={factory.keywords[name]} is set in the config, but {by} derives it "
+            f"({name}={derived[name]}); remove it"
+        )
+    return factory(**derived)
 
 
 def he_uniform_(module: nn.Module) -> None:

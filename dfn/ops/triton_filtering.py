@@ -1,4 +1,4 @@
-"""Triton kernels for the dynamic local filter (the ``impl="triton"`` of ``dfn.filtering``).
+"""Triton kernels for the dynamic local filter (the ``impl="triton"`` of ``dfn.ops.filtering``).
 
 One program filters a block of pixels of one sample, for a block of channels. The kh*kw taps are
 a loop inside the kernel (each row's kw taps unrolled, so their offsets are compile-time
@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from dfn.filtering import result_dtype
+from dfn.ops.filtering import result_dtype
 
 MAX_BLOCK_CHANNELS = 4
 if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter runs every config: keep one
@@ -212,7 +212,7 @@ class _TritonLocalFilter(torch.autograd.Function):
 def triton_local_filter(
     x: Tensor, filters: Tensor, kernel_size: tuple[int, int], bias: Tensor | None = None
 ) -> Tensor:
-    """The Triton implementation of ``dfn.filtering.dynamic_local_filter`` (checked inputs)."""
+    """The Triton implementation of ``dfn.ops.filtering.dynamic_local_filter`` (checked inputs)."""
     x, filters = x.contiguous(), filters.contiguous()
     bias = None if bias is None else bias.contiguous()
     return _TritonLocalFilter.apply(x, filters, bias, *kernel_size)

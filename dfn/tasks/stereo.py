@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
-from dfn.filtering import expected_displacement
-from dfn.metrics import PredictionMetrics
-from dfn.predictor import DynamicFilterPredictor
-from dfn.task import DFNTask
-from dfn.visualize import colorize, sequence_grid
+from dfn.models.predictor import DynamicFilterPredictor
+from dfn.ops.filtering import expected_displacement
+from dfn.tasks.base import DFNTask
+from dfn.tasks.metrics import PredictionMetrics
+from dfn.tasks.visualize import colorize, sequence_grid
 
 
 class StereoPredictionTask(DFNTask):

@@ -7,10 +7,7 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from numbers import Number
 from pathlib import Path
 
@@ -18,33 +15,13 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from dfn.errors import InputError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("DFN_ROOT", str(PROJECT_ROOT))  # configs/paths resolves outputs/ from here
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def reporting_user_errors() -> Iterator[None]:
-    """Report an InputError as one line on stderr, exit code 1 (HYDRA_FULL_ERROR=1: traceback)."""
-    try:
-        yield
-    except Exception as e:
-        cause, node = e, None  # hydra.utils.instantiate wraps what a constructor raises
-        while cause is not None and not isinstance(cause, InputError):
-            if isinstance(cause, InstantiationException):  # its message ends in the config node
-                _, found, key = str(cause).rpartition("\nfull_key: ")
-                node = key.strip() if found else node
-            cause = cause.__cause__
-        if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        where = f"{node}: " if node and f"{node}." not in str(cause) else ""
-        print(f"error: {where}{cause}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -75,19 +52,6 @@ def check_config(cfg: DictConfig) -> None:
             f"data.num_frames={get('data.num_frames')}, but a sequence is model.num_input="
             f"{num_input} frames in and model.num_predicted={num_predicted} out: expected "
             f"data.num_frames={window}"
-        )
-    for key in ("model.predictor.generator.in_channels", "model.predictor.generator.out_channels"):
-        if get(key) is not None:
-            raise InputError(
-                f"{key}={get(key)}, but the predictor sets it: in_channels from "
-                "model.predictor.frames_per_step, out_channels from the filter's taps (plus one "
-                "with a dynamic bias); remove it"
-            )
-    kernel, taps = get("model.kernel_size"), get("model.generator.out_features")
-    if isinstance(kernel, int) and kernel % 2 == 1 and taps not in (None, kernel**2):
-        raise InputError(
-            f"model.generator.out_features={taps}, but a {kernel}x{kernel} filter "
-            f"(model.kernel_size={kernel}) has {kernel**2} taps: expected {kernel**2}"
         )
 
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dfn.errors import InputError
-from dfn.metrics import PredictionMetrics, binary_cross_entropy
-from dfn.predictor import DynamicFilterPredictor
-from dfn.task import DFNTask
-from dfn.visualize import flow_grid, sequence_grid
+from dfn.models.predictor import DynamicFilterPredictor
+from dfn.tasks.base import DFNTask
+from dfn.tasks.metrics import PredictionMetrics, binary_cross_entropy
+from dfn.tasks.visualize import flow_grid, sequence_grid
 
 
 def prediction_loss(kind: str, prediction: Tensor, target: Tensor) -> Tensor:
