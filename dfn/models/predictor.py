@@ -5,7 +5,8 @@ plus one channel with a dynamic bias. The head the config picks uses them:
 
 - ``FilterHead``, the DFN (paper section 3): the filter applied to the most recent input frame;
 - ``ConvHead``, the authors' baseline: the same network followed by a linear 1x1 conv to one
-  channel, clipped to [eps, 1 - eps] when the loss is a BCE.
+  channel, optionally clipped to [eps, 1 - eps] (``clip_output``: the Moving MNIST baseline,
+  trained with a BCE).
 """
 
 from __future__ import annotations
