@@ -72,6 +72,11 @@ def test_the_config_picks_the_head_and_print_shows_the_options(compose_cfg, expe
         assert f"DynamicLocalFilter({filtering})" in text
 
 
+def test_the_filter_implementation_is_a_config_option(compose_cfg):
+    cfg = compose_cfg(["experiment=highway", "model.predictor.filtering.impl=shift"])
+    assert "impl='shift'" in str(hydra.utils.instantiate(cfg.model))
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_smoke_run_writes_metrics(compose_cfg, tmp_path, experiment):
     cfg = compose_cfg([f"experiment={experiment}", *smoke_overrides(experiment)])
