@@ -211,9 +211,10 @@ def load_digit_pools(mnist_root: str | Path | None = None) -> DigitPools:
 # --------------------------------------------------------------------------- fixed sets
 
 
-def load_test_file(path: str | Path, num_frames: int, count: int) -> np.ndarray:
+def open_test_file(path: str | Path, num_frames: int, count: int) -> np.ndarray:
     """The first ``count`` sequences [count, num_frames, 64, 64] (uint8 or float, memory-mapped)
-    of Srivastava's ``mnist_test_seq.npy`` (time-major) or the authors' ``bouncing_mnist_test.npy``.
+    of Srivastava's ``mnist_test_seq.npy`` (time-major) or the authors' ``bouncing_mnist_test.npy``;
+    only the header is read, so the shape is checked before training at no cost.
     """
     path = Path(path)
     s = IMAGE_SIZE
@@ -236,7 +237,10 @@ def load_test_file(path: str | Path, num_frames: int, count: int) -> np.ndarray:
         raise InputError(f"{found}; expected {expected}")
     time_axes = [axis for axis in (0, 1) if shape[axis] == num_frames]
     if not time_axes:
-        raise InputError(f"{found}: no axis of length num_frames={num_frames}; expected {expected}")
+        raise InputError(
+            f"{found}: no axis of {num_frames} frames (num_input + num_predicted); "
+            f"expected {expected}"
+        )
     if len(time_axes) == 2:
         raise InputError(
             f"{found}: ambiguous layout, both leading axes have length {num_frames} so the "
@@ -249,12 +253,20 @@ def load_test_file(path: str | Path, num_frames: int, count: int) -> np.ndarray:
         data = data.transpose(1, 0, 2, 3)  # a view: items are read strided from the memory map
     if len(data) < count:
         raise InputError(f"{found}: {len(data)} sequences, but test_size={count}; lower test_size")
-    data = data[:count]
+    return data[:count]
+
+
+def load_test_file(path: str | Path, num_frames: int, count: int) -> np.ndarray:
+    """``open_test_file``, with float values checked to lie in [0, 1] (which reads them all)."""
+    data = open_test_file(path, num_frames, count)
     if data.dtype.kind == "f":
         for start in range(0, count, 500):
             chunk = np.asarray(data[start : start + 500])
             if not np.isfinite(chunk).all() or chunk.min() < 0 or chunk.max() > 1:
-                raise InputError(f"{found}: float values outside [0, 1]; expected {expected}")
+                raise InputError(
+                    f"{path} holds {data.dtype} values outside [0, 1]; expected uint8 frames or "
+                    "floats in [0, 1]"
+                )
     return data
 
 
@@ -313,20 +325,24 @@ class MovingMNISTSequences(Dataset):
 
 
 class MovingMNISTDataModule(StreamDataModule):
-    """Batches of float sequences [B, num_frames, 1, 64, 64] in [0, 1].
+    """Batches of float sequences [B, num_input + num_predicted, 1, 64, 64] in [0, 1]
+    (``image_size`` is 64: it is an argument so that a config can state which size it expects).
 
     An epoch is ``steps_per_epoch`` freshly sampled training batches. Validation (``val_size``
-    sequences) and test (``test_size`` generated, or the first of ``test_path``) are fixed sets,
-    served in order, so the first validation sequences can be shown in figures.
+    sequences) and test (``test_size`` generated, or the first of ``test_path``, whose sequences
+    must have num_input + num_predicted frames) are fixed sets, served in order, so the first
+    validation sequences can be shown in figures.
     """
 
     def __init__(
         self,
+        num_input: int = 10,
+        num_predicted: int = 10,
+        image_size: int = IMAGE_SIZE,
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
         steps_per_epoch: int = 1000,
-        num_frames: int = 20,
         mnist_root: str | None = None,
         test_path: str | None = None,
         test_size: int = 10_000,
@@ -336,13 +352,21 @@ class MovingMNISTDataModule(StreamDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, steps_per_epoch)
         check_integers(
-            num_frames=(num_frames, 2),
+            num_input=(num_input, 1),
+            num_predicted=(num_predicted, 1),
             test_size=(test_size, 1),
             val_size=(val_size, 1),
         )
+        if image_size != IMAGE_SIZE:
+            raise InputError(
+                f"data.image_size={image_size!r}; Moving MNIST frames are {IMAGE_SIZE}x"
+                f"{IMAGE_SIZE} (the authors' canvas and the published test files)"
+            )
         self.save_hyperparameters()
         self.seed = seed
-        self.num_frames = num_frames
+        self.num_frames = num_input + num_predicted
+        if test_path is not None:  # its shape now, not after training
+            open_test_file(test_path, self.num_frames, test_size)
         self.mnist_root = mnist_root
         self.test_path = test_path
         self.test_size = test_size

@@ -3,26 +3,31 @@
 Offline default: the Middlebury "motorcycle" pair that scikit-image ships
 (``skimage.data.stereo_motorcycle``), grayscale, with ground-truth disparity.
 
-Geometry and sign convention. The model predicts the right view with a 1x13 horizontal dynamic
-local filter, ``right(y, x) = sum_k w_k(y, x) * left(y, x + k - 6)``, so the filter's expected
-offset ``sum_k w_k * (k - 6)`` at a right-view pixel is the signed horizontal displacement to the
-matching left-view pixel. Middlebury gives disparity ``d > 0`` for the LEFT view
+Geometry and sign convention. The paper's model predicts the right view with a 1x13 horizontal
+dynamic local filter, ``right(y, x) = sum_k w_k(y, x) * left(y, x + k - 6)``, so the filter's
+expected offset ``sum_k w_k * (k - 6)`` at a right-view pixel is the signed horizontal
+displacement to the matching left-view pixel. Middlebury gives disparity ``d > 0`` for the LEFT view
 (``left(x)`` matches ``right(x - d)``, 7 to 60 px here). It is splatted onto the right view's
 grid (nearest surface wins, NaN where occluded or unknown), so ``right(x)`` matches
 ``left(x + d)``. The scene is then shrunk ``scale`` times by block averaging (images and
 disparity on the same blocks), and the left view is shifted by a constant ``offset`` pixels,
 ``left'(x) = left(x + offset)``, as a converged rig would see it; the ground truth, in the
 filter's convention, is ``d / scale - offset``. With the default scale 5 and offset 7 the scene
-is 100x141 and every known offset lies in [-5.5, 5.0], inside the filter's reach of +-6
-(``disparity_stats`` measures it; at scale 6 with offset 6 it is [-4.7, 4.0], but the
-scene, 83x117, is then too small for two disjoint 64-px splits).
+is 100x141 and every known offset lies in [-5.5, 5.0], inside ``max_disparity`` = 6, the reach
+of a 1x13 filter (``disparity_stats`` measures it; at scale 6 with offset 6 it is [-4.7, 4.0],
+but the scene, 83x117, is then too small for two disjoint 64-px splits).
+
+``max_disparity`` is the largest horizontal offset between matching pixels the data may contain,
+in pixels: the built-in scene refuses a scale and offset whose disparities exceed it, and keeps
+that many columns between its train and test bands. The data module knows no model; the run
+layer checks that the model's filter reaches ``max_disparity`` (dfn/run/experiment.py).
 
 Split. One scene gives few independent 64x64 crops, and only 100 rows: two disjoint 64-row
 bands do not fit, so the split is by COLUMNS. Test: the rightmost ``crop_size`` columns
 (77-140 by default) over all rows, a fixed set of 4 crops at rows 0, 12, 24, 36 (they overlap
 each other; together they cover the band). Train: columns 0-70, separated from the test band
-by a 6-column gap (the filter's reach), so no scene point with a match appears in crops of both
-splits. Training crops are drawn at random positions in the train band (37 x 8 positions) with
+by a gap of ``max_disparity`` (6) columns, so no scene point with a match appears in crops of
+both splits. Training crops are drawn at random positions in the train band (37 x 8 positions) with
 vertical flips and contrast/brightness jitter shared by both views (all keep horizontal
 disparity). Validation: a fixed set of 6 unaugmented crops from the TRAIN band (rows 0, 18, 36 x
 columns 0, 7): it tracks the fit, not generalisation. Limits: the train and test bands show
@@ -54,7 +59,6 @@ from datamodules.h5 import read_frames, split_paths
 from datamodules.stream import StreamDataModule, check_integers, sample_rng
 from dfn.errors import InputError
 
-FILTER_REACH = 6  # a 1x13 filter reaches 6 px either side
 LEFT, RIGHT = "highway_L", "highway_R"
 
 
@@ -71,7 +75,7 @@ class StereoPairs:
 class DisparityStats:
     minimum: float
     maximum: float
-    within_reach: float  # fraction of known offsets with |offset| <= FILTER_REACH
+    within_reach: float  # fraction of known offsets with |offset| <= max_disparity
     known: float  # fraction of right-view pixels with a known offset
 
 
@@ -144,14 +148,15 @@ def motorcycle_scene(scale: int = 5, offset: int = 7) -> StereoPairs:
     )
 
 
-def disparity_stats(scale: int = 5, offset: int = 7) -> DisparityStats:
-    """Range of the known ground-truth offsets of the motorcycle scene and the share in reach."""
+def disparity_stats(scale: int = 5, offset: int = 7, max_disparity: int = 6) -> DisparityStats:
+    """Range of the known ground-truth offsets of the motorcycle scene and the share within
+    ``max_disparity``."""
     disparity = motorcycle_scene(scale, offset).disparity
     known = disparity[np.isfinite(disparity)]
     return DisparityStats(
         minimum=float(known.min()),
         maximum=float(known.max()),
-        within_reach=float((np.abs(known) <= FILTER_REACH).mean()),
+        within_reach=float((np.abs(known) <= max_disparity).mean()),
         known=float(known.size / disparity.size),
     )
 
@@ -231,6 +236,8 @@ class StereoDataModule(StreamDataModule):
 
     ``scale`` is the integer downscale factor of the scene (5: 1/5 size) and ``offset`` the
     left view's pre-shift in pixels at that scale; both only apply to the built-in scene.
+    ``max_disparity``: the largest horizontal offset in pixels between matching pixels the data
+    may contain (see the module docstring); the run layer checks the model's filter reaches it.
     """
 
     def __init__(
@@ -240,6 +247,7 @@ class StereoDataModule(StreamDataModule):
         test_path: str | None = None,
         scale: int = 5,
         offset: int = 7,
+        max_disparity: int = 6,
         crop_size: int = 64,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -251,9 +259,11 @@ class StereoDataModule(StreamDataModule):
         check_integers(
             scale=(scale, 1),
             offset=(offset, 0),
+            max_disparity=(max_disparity, 0),
             crop_size=(crop_size, 1),
         )
         self.save_hyperparameters()
+        self.max_disparity = max_disparity
         if path is not None and Path(path).is_file():
             raise InputError(
                 f"path={path} is a file; path is a folder holding train.h5 and test.h5, or the "
@@ -277,13 +287,20 @@ class StereoDataModule(StreamDataModule):
         hp = self.hparams
         c = hp.crop_size
         pairs = motorcycle_scene(hp.scale, hp.offset)
+        stats = disparity_stats(hp.scale, hp.offset, hp.max_disparity)
+        if stats.within_reach < 1:
+            raise InputError(
+                f"at scale 1/{hp.scale} with offset {hp.offset} the scene's disparities span "
+                f"[{stats.minimum:.1f}, {stats.maximum:.1f}] px, beyond max_disparity="
+                f"{hp.max_disparity}; change the offset or raise max_disparity"
+            )
         _, h, w = pairs.left.shape
-        train_stop = w - c - FILTER_REACH  # train band: columns [0, train_stop)
+        train_stop = w - c - hp.max_disparity  # train band: columns [0, train_stop)
         if h < c or train_stop < c:
             raise InputError(
                 f"at scale 1/{hp.scale} with offset {hp.offset} the scene is {h}x{w}: too small "
                 f"for disjoint {c}-px train and test bands (needs {c} rows and "
-                f"{2 * c + FILTER_REACH} columns); use a smaller scale"
+                f"{2 * c + hp.max_disparity} columns); use a smaller scale"
             )
         self.train_set = _RandomCrops(pairs, c, range(1), (0, train_stop), hp.seed, augment=True)
         val = [(0, y, x) for y in _positions(0, h - c, 3) for x in _positions(0, train_stop - c, 2)]

@@ -17,6 +17,7 @@ first: what a step costs without Python and kernel launches (PyTorch's "whole ne
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from contextlib import nullcontext
@@ -49,13 +50,14 @@ def make_batch(cfg, batch_size: int, device: torch.device) -> object:
 
 def build_model(cfg, device: torch.device, channels_last=False, compile=False, impl=None):
     """The experiment's model from its config (seed 0), set up as a run would set it up."""
+    if impl is not None:  # what model.predictor.filtering.impl=... does
+        cfg = copy.deepcopy(cfg)
+        cfg.model.predictor.filtering.impl = impl
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model).to(device)
     model.log = lambda *args, **kwargs: None  # no trainer here
     if compile:
         model.predictor.generator.compile()  # as model.predictor.compile=true does
-    if impl is not None:
-        model.predictor.filtering.impl = impl  # as model.predictor.filtering.impl=... does
     model.channels_last = channels_last  # what model.channels_last=... does in a run
     model.setup("fit")
     return model

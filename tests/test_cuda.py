@@ -89,14 +89,13 @@ def test_auto_is_triton_on_cuda():
 
 
 def test_moving_mnist_training_step_on_cuda_matches_the_reference_op(compose_cfg):
-    cfg = compose_cfg(["experiment=moving_mnist"])
     batch = torch.rand(4, 20, 1, 64, 64, device="cuda")
     losses, grads = {}, {}
     for impl in ("triton", "reference"):
+        cfg = compose_cfg(["experiment=moving_mnist", f"model.predictor.filtering.impl={impl}"])
         torch.manual_seed(0)
         model = hydra.utils.instantiate(cfg.model).cuda()
         model.log = lambda *args, **kwargs: None  # no trainer here
-        model.predictor.filtering.impl = impl
         model.setup("fit")
         loss = model.training_step(batch, 0)
         loss.backward()

@@ -21,7 +21,7 @@ from dfn.run.experiment import evaluate
 from tests.conftest import ROOT, smoke_overrides
 
 # Moving MNIST with 2 input and 2 predicted frames: per-horizon metrics at a tenth of the cost.
-SHORT_VIDEO = ["data.num_frames=4", "model.num_input=2", "model.num_predicted=2"]
+SHORT_VIDEO = ["model.num_input=2", "model.num_predicted=2"]
 RUNS = {
     "stereo": ["experiment=stereo", *smoke_overrides("stereo")],
     "moving_mnist": ["experiment=moving_mnist", *smoke_overrides("moving_mnist"), *SHORT_VIDEO],

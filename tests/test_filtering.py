@@ -235,14 +235,16 @@ def test_impl_choice_and_module():
     split_filters, split_bias = layer.split(generated)
     torch.testing.assert_close(split_filters.sum(dim=1), torch.ones(1, 4, 5, dtype=x.dtype))
     expected_layer = dynamic_local_filter_reference(x, split_filters, 3, split_bias)
-    torch.testing.assert_close(layer(x, generated), expected_layer)
+    filtered, applied = layer(x, generated)  # the module also returns the filters it applied
+    torch.testing.assert_close(filtered, expected_layer)
+    torch.testing.assert_close(applied, split_filters)
     # on CPU, auto is the C++ implementation, which builds here (and must, on CI)
     assert cpp_available() and filtering._resolve_impl("auto", x) == "cpp"
     expected = dynamic_local_filter_reference(x, filters, 3, bias)
     for impl in ("auto", "reference", "shift", "cpp"):
         torch.testing.assert_close(dynamic_local_filter(x, filters, 3, bias, impl=impl), expected)
         layer = DynamicLocalFilter(3, dynamic_bias=True, impl=impl)
-        torch.testing.assert_close(layer(x, generated), expected_layer)
+        torch.testing.assert_close(layer(x, generated)[0], expected_layer)
     with pytest.raises(ValueError, match="impl must be one of"):
         dynamic_local_filter(x, filters, 3, impl="unfold")
     with pytest.raises(ValueError, match="impl must be one of"):
@@ -472,6 +474,20 @@ def test_expected_displacement_of_one_hot_filters(kernel):
             filters[0, row * kw + col, y, x] = 1
             expected[0, :, y, x] = torch.tensor([col - kw // 2, row - kh // 2])
     torch.testing.assert_close(expected_displacement(filters, kernel), expected)
+
+
+def test_the_modules_know_their_kernel():
+    layer = DynamicLocalFilter((1, 13), dynamic_bias=True)
+    assert layer.reach == (0, 6) and layer.generated_channels == 14
+    assert repr(layer) == (
+        "DynamicLocalFilter(kernel_size=(1, 13), softmax=True, dynamic_bias=True, impl='auto')"
+    )
+    assert repr(DynamicConv(9)) == "DynamicConv(kernel_size=(9, 9), softmax=False)"
+    filters = torch.rand(2, 13, 4, 5).softmax(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # offsets in pixels, float32
+        offsets = layer.expected_displacement(filters)
+    assert offsets.dtype == torch.float32
+    torch.testing.assert_close(offsets, expected_displacement(filters, (1, 13)))
 
 
 def test_one_hot_filter_moves_pixels_by_its_displacement():

@@ -1,5 +1,6 @@
 """Filter-generating networks, the predictor's rollout and the per-frame metrics."""
 
+import functools
 import math
 
 import pytest
@@ -9,8 +10,8 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from dfn.errors import InputError
 from dfn.models.generators import FilterGenerator, UntiedBiasConv
-from dfn.models.predictor import EPS, DynamicFilterPredictor
-from dfn.ops.filtering import DynamicLocalFilter
+from dfn.models.predictor import EPS, ConvHead, DynamicFilterPredictor, FilterHead
+from dfn.ops.filtering import DynamicLocalFilter, expected_displacement
 from dfn.tasks.metrics import PSNR_CAP, PredictionMetrics, frame_metrics
 
 
@@ -25,13 +26,9 @@ def mnist_generator(**kwargs):
     )
 
 
-def make_predictor(mode="dfn", frames_per_step=1, kernel_size=5, dynamic_bias=False, **kwargs):
+def make_predictor(head=FilterHead, frames_per_step=1, kernel_size=5, dynamic_bias=False):
     return DynamicFilterPredictor(
-        mnist_generator,
-        DynamicLocalFilter(kernel_size, True, dynamic_bias),
-        mode,
-        frames_per_step,
-        **kwargs,
+        mnist_generator, DynamicLocalFilter(kernel_size, True, dynamic_bias), head, frames_per_step
     )
 
 
@@ -101,12 +98,62 @@ def test_dfn_prediction_is_a_convex_combination_of_the_last_frame():
 
 
 def test_baseline_is_clipped_for_the_bce():
-    p = make_predictor(mode="baseline", clip_output=True)
+    p = make_predictor(functools.partial(ConvHead, clip_output=True))
     with torch.no_grad():
-        p.output.bias.fill_(5.0)
+        p.head.conv.bias.fill_(5.0)
     prediction, filters, _ = p.step(torch.rand(1, 1, 16, 16))
     assert filters is None
     assert prediction.max().item() == pytest.approx(1 - EPS)
+    with torch.no_grad():
+        p.head.conv.bias.fill_(-5.0)
+    assert p.step(torch.rand(1, 1, 16, 16))[0].min().item() == pytest.approx(EPS)
+
+
+def test_baseline_head_replaces_the_filter_with_a_1x1_conv_of_its_channels():
+    torch.manual_seed(0)
+    dfn = make_predictor(frames_per_step=2, kernel_size=3, dynamic_bias=True)
+    torch.manual_seed(0)
+    baseline = make_predictor(ConvHead, frames_per_step=2, kernel_size=3, dynamic_bias=True)
+    assert baseline.head.conv.in_channels == 10 and baseline.head.conv.out_channels == 1
+    # the same generator from the same seed: the two models differ only in their last layer
+    for (name, a), (_, b) in zip(
+        dfn.generator.state_dict().items(), baseline.generator.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    extra = sum(p.numel() for p in baseline.parameters()) - sum(p.numel() for p in dfn.parameters())
+    assert extra == 10 + 1
+    window = torch.rand(2, 2, 16, 16)
+    generated, _ = baseline.generator(window)
+    prediction, _, _ = baseline.step(window)
+    torch.testing.assert_close(prediction, baseline.head.conv(generated))  # linear, not clipped
+    assert dfn.head.reach == (1, 1) and baseline.head.reach is None
+
+
+def test_filter_head_calls_its_filter_on_the_last_frame():
+    p = make_predictor(frames_per_step=2, kernel_size=3, dynamic_bias=True)
+    window = torch.rand(2, 2, 16, 16)
+    generated, _ = p.generator(window)
+    prediction, filters, _ = p.step(window)
+    expected, expected_filters = p.head.filtering(window[:, 1:], generated)
+    torch.testing.assert_close(prediction, expected)
+    torch.testing.assert_close(filters, expected_filters)
+    torch.testing.assert_close(
+        p.head.expected_displacement(filters), expected_displacement(filters, 3)
+    )
+
+
+def test_the_options_show_in_print():
+    text = str(make_predictor(kernel_size=3, dynamic_bias=True))
+    for option in (
+        "frames_per_step=1",
+        "in_channels=1, out_channels=10, image_size=(16, 16), hidden state [16, 8, 8]",
+        "kernel_size=(3, 3), softmax=True, dynamic_bias=True, impl='auto'",
+    ):
+        assert option in text, text
+    text = str(make_predictor(functools.partial(ConvHead, clip_output=True)))
+    assert "ConvHead(\n    clip_output=True\n    (conv): Conv2d(25, 1" in text, text
+    untied = FilterGenerator(1, 9, 16, ["4u", "4s2"], ["up", 4])
+    assert "untied bias [4, 16, 16]" in str(untied)
 
 
 def test_frame_metrics_are_summed_over_the_pixels_of_a_frame():

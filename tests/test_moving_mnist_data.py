@@ -171,6 +171,22 @@ def test_test_file_in_either_layout(tmp_path, time_major):
     assert list(tmp_path.glob("*.h5")) == []  # nothing generated when a file is given
 
 
+def test_sequences_are_as_long_as_the_model_reads(tmp_path):
+    dm = MovingMNISTDataModule(
+        num_input=3, num_predicted=2, batch_size=2, val_size=2, cache_dir=tmp_path
+    )
+    dm.setup("fit")
+    assert first_batch(dm.train_dataloader()).shape == (2, 5, 1, 64, 64)
+    assert dm.val_set.frames.shape == (2, 5, 64, 64)
+    # a fixed test file of another length is refused when the data module is built
+    path = tmp_path / "test.npy"
+    np.save(path, np.zeros((20, 3, 64, 64), np.uint8))
+    with pytest.raises(InputError, match=r"no axis of 5 frames \(num_input \+ num_predicted\)"):
+        MovingMNISTDataModule(num_input=3, num_predicted=2, test_path=str(path), test_size=3)
+    with pytest.raises(InputError, match="data.image_size=32; Moving MNIST frames are 64x64"):
+        MovingMNISTDataModule(image_size=32)
+
+
 def test_float_test_file_must_be_in_unit_range(tmp_path):
     path = tmp_path / "float.npy"
     np.save(path, np.full((2, 20, 64, 64), 0.5, np.float32))
@@ -185,7 +201,7 @@ def test_float_test_file_must_be_in_unit_range(tmp_path):
     [
         ((3, 20, 32, 32), "expected a .npy array"),
         ((20, 64, 64), "expected a .npy array"),
-        ((3, 7, 64, 64), "no axis of length num_frames=20"),
+        ((3, 7, 64, 64), "no axis of 20 frames (num_input + num_predicted)"),
         ((20, 20, 64, 64), "ambiguous"),
         ((2, 20, 64, 64), "test_size=3"),
         (None, "not found"),

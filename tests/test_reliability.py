@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
 from lightning import Callback
 from omegaconf import open_dict
 
@@ -23,7 +24,7 @@ from datamodules.h5 import read_frames, write_h5_atomic
 from datamodules.stream import StreamLoader
 from dfn.errors import InputError
 from dfn.run.cli import reporting_user_errors
-from dfn.run.experiment import fit_and_test
+from dfn.run.experiment import check_reach, fit_and_test
 from dfn.tasks.steerable import SteerableFilterTask
 from tests.conftest import ROOT, compose_config, smoke_overrides
 
@@ -110,9 +111,27 @@ def add_callback(cfg, **signal_at) -> None:
             "model.predictor: out_channels=80 is set in the config, but the predictor",
         ),
         (
-            ["experiment=moving_mnist", "model.num_predicted=11"],
-            "data.num_frames=20, but a sequence is model.num_input=10 frames in and "
-            "model.num_predicted=11 out: expected data.num_frames=21",
+            ["experiment=moving_mnist", "data.num_predicted=11"],
+            "data.num_predicted=11 but model.num_predicted=10: the data must serve what the "
+            "model reads; expected data.num_predicted=10, or set model.num_predicted",
+        ),
+        (
+            ["experiment=stereo", "data.crop_size=48"],
+            "data.crop_size=48 but model.predictor.generator.image_size=64",
+        ),
+        (
+            ["experiment=highway", "data.image_size=32"],
+            "data.image_size=32 but model.predictor.generator.image_size=64",
+        ),
+        (
+            ["experiment=moving_mnist", "model.predictor.generator.image_size=32"],
+            "data.image_size=32; Moving MNIST frames are 64x64",
+        ),
+        (
+            ["experiment=stereo", "data.max_disparity=8"],
+            "data.max_disparity=8, but the model's filter reaches 6 px horizontally (a 1xK "
+            "filter reaches (K-1)/2 px): set model.predictor.filtering.kernel_size=[1, 17] or "
+            "wider, or lower data.max_disparity",
         ),
         (
             ["experiment=highway", "model.num_input=1"],
@@ -148,6 +167,39 @@ def test_config_mistakes_are_one_line_before_training(
     assert code == 1
     assert message in error_line(stderr)
     assert_nothing_written(tmp_path / "run")
+
+
+def test_the_sequence_length_is_stated_once(compose_cfg, tmp_path, capsys):
+    """The data follows the model's num_input and num_predicted: data.num_frames is no key any
+    more, a longer sequence just works, and a fixed test file of another length is one line."""
+    with pytest.raises(ConfigCompositionException, match="num_frames"):
+        compose_cfg(["experiment=moving_mnist", "data.num_frames=21"])
+    cfg = compose_cfg(["experiment=moving_mnist", "model.num_predicted=11"])
+    assert hydra.utils.instantiate(cfg.data).num_frames == 21
+    path = tmp_path / "mnist_test_seq.npy"
+    np.save(path, np.zeros((20, 4, 64, 64), np.uint8))  # time-major, as Srivastava's file
+    cfg = compose_cfg(
+        ["experiment=moving_mnist", "model.num_predicted=11", f"data.test_path={path}"]
+    )
+    code, stderr = train_py(cfg, capsys)
+    assert code == 1
+    assert "no axis of 21 frames (num_input + num_predicted)" in error_line(stderr)
+    assert_nothing_written(tmp_path / "run")
+
+
+def test_the_baseline_is_not_held_to_a_filter_reach(compose_cfg):
+    """A ConvHead moves no pixel: data.max_disparity beyond the filter it stands in for is fine;
+    a filter wide enough passes too."""
+    for overrides in (
+        ["experiment=stereo_baseline", "data.max_disparity=8"],
+        [
+            "experiment=stereo",
+            "data.max_disparity=8",
+            "model.predictor.filtering.kernel_size=[1,17]",
+        ],
+    ):
+        cfg = compose_cfg(overrides)
+        check_reach(hydra.utils.instantiate(cfg.data), hydra.utils.instantiate(cfg.model))
 
 
 def test_bad_data_before_training_is_one_line(compose_cfg, tmp_path, capsys):

@@ -4,7 +4,6 @@ import torch
 
 from datamodules.h5 import write_h5_atomic
 from datamodules.stereo import (
-    FILTER_REACH,
     StereoDataModule,
     disparity_stats,
     motorcycle_scene,
@@ -13,14 +12,16 @@ from datamodules.stereo import (
 from dfn.errors import InputError
 from dfn.ops.filtering import dynamic_local_filter, expected_displacement
 
+REACH = 6  # of the paper's 1x13 filter, and the data's default max_disparity
+
 
 def interpolation_filters(offsets: torch.Tensor) -> torch.Tensor:
     """[B, 1, H, W] horizontal offsets in [-6, 6] -> [B, 13, H, W] linear-interpolation taps."""
-    o = offsets[:, 0].clamp(-FILTER_REACH, FILTER_REACH)
-    low = o.floor().clamp(max=FILTER_REACH - 1)
+    o = offsets[:, 0].clamp(-REACH, REACH)
+    low = o.floor().clamp(max=REACH - 1)
     t = o - low
-    taps = torch.zeros(o.shape[0], 2 * FILTER_REACH + 1, *o.shape[1:])
-    index = (low + FILTER_REACH).long()[:, None]
+    taps = torch.zeros(o.shape[0], 2 * REACH + 1, *o.shape[1:])
+    index = (low + REACH).long()[:, None]
     taps.scatter_(1, index, (1 - t)[:, None])
     taps.scatter_add_(1, index + 1, t[:, None])
     return taps
@@ -41,6 +42,17 @@ def test_ground_truth_fits_the_filter():
     assert stats.known > 0.8
     # the wider setting measured before: some offsets beyond reach
     assert 0.9 < disparity_stats(5, 8).within_reach < 1.0
+    assert disparity_stats(5, 8, max_disparity=7).within_reach == 1.0
+
+
+def test_the_scene_keeps_within_max_disparity():
+    with pytest.raises(InputError, match=r"offset 8 .* beyond max_disparity=6; change the offset"):
+        StereoDataModule(offset=8).setup("fit")
+    wider = StereoDataModule(offset=8, max_disparity=7)
+    wider.setup("fit")
+    assert wider.train_set.columns == (0, 140 - 64 - 7)  # the gap between the bands follows
+    with pytest.raises(InputError, match="data.max_disparity=-1; expected an integer >= 0"):
+        StereoDataModule(max_disparity=-1)
 
 
 def test_splatting_moves_disparity_to_the_right_view():
@@ -76,7 +88,8 @@ def test_ground_truth_sign_through_the_filter():
 
 
 def test_train_and_test_crops_are_disjoint(scene_data):
-    c, reach = 64, FILTER_REACH
+    c, reach = 64, scene_data.max_disparity
+    assert reach == REACH
     test_columns = {x for _, _, x in scene_data.test_set.positions}
     assert test_columns == {141 - c}
     assert [y for _, y, _ in scene_data.test_set.positions] == [0, 12, 24, 36]
@@ -105,7 +118,7 @@ def test_batches(scene_data):
         for name in ("left", "right"):
             assert 0 <= batch[name].min() and batch[name].max() <= 1
         known = batch["disparity"][torch.isfinite(batch["disparity"])]
-        assert known.numel() > 0 and known.abs().max() <= FILTER_REACH
+        assert known.numel() > 0 and known.abs().max() <= scene_data.max_disparity
     assert len(scene_data.train_dataloader()) == 2
     assert len(scene_data.val_set) == 6 and len(scene_data.test_set) == 4
 

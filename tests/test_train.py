@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from dfn.errors import InputError
+from dfn.models.predictor import ConvHead, FilterHead
 from dfn.run.experiment import fit_and_test
 from dfn.tasks.metrics import METRICS
 from tests.conftest import EXPERIMENTS, ROOT, smoke_overrides
@@ -47,6 +48,33 @@ def test_experiment_composes_with_the_authors_parameter_count(compose_cfg, exper
     assert model.num_parameters == PARAMETERS[experiment]
     datamodule = hydra.utils.instantiate(cfg.data)
     assert datamodule.hparams.batch_size == cfg.data.batch_size
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_the_config_picks_the_head_and_print_shows_the_options(compose_cfg, experiment):
+    model = hydra.utils.instantiate(compose_cfg([f"experiment={experiment}"]).model)
+    text = str(model)
+    if experiment == "steerable":
+        assert "DynamicConv(kernel_size=(9, 9), softmax=False)" in text
+        return
+    filtering = {
+        "moving_mnist": "kernel_size=(9, 9), softmax=True, dynamic_bias=False, impl='auto'",
+        "highway": "kernel_size=(11, 11), softmax=True, dynamic_bias=True, impl='auto'",
+        "stereo": "kernel_size=(1, 13), softmax=True, dynamic_bias=True, impl='auto'",
+    }[experiment.removesuffix("_baseline")]
+    head = model.predictor.head
+    if experiment.endswith("_baseline"):
+        assert isinstance(head, ConvHead) and head.reach is None
+        # the authors clipped only the BCE baseline
+        assert f"clip_output={experiment == 'moving_mnist_baseline'}" in text
+    else:
+        assert isinstance(head, FilterHead)
+        assert f"DynamicLocalFilter({filtering})" in text
+
+
+def test_the_filter_implementation_is_a_config_option(compose_cfg):
+    cfg = compose_cfg(["experiment=highway", "model.predictor.filtering.impl=shift"])
+    assert "impl='shift'" in str(hydra.utils.instantiate(cfg.model))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

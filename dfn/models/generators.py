@@ -62,6 +62,9 @@ class UntiedBiasConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x) + self.bias
 
+    def extra_repr(self) -> str:
+        return f"untied bias {list(self.bias.shape)}"
+
 
 def _parse(layer: Layer) -> tuple[str, int]:
     if layer == "up":
@@ -140,8 +143,15 @@ class FilterGenerator(nn.Module):
             channels = width
         head_layers.append(nn.Conv2d(channels, out_channels, 1))
         self.head = nn.Sequential(*head_layers)
-        self.out_channels = out_channels
+        self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, size
         he_uniform_(self)
+
+    def extra_repr(self) -> str:
+        hidden = "" if self.recurrent is None else f", hidden state {list(self.hidden_shape)}"
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"image_size={self.image_size}{hidden}"
+        )
 
     def initial_hidden(self, x: Tensor) -> Tensor | None:
         if self.recurrent is None:

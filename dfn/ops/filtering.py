@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -35,18 +35,22 @@ from torch.autograd.function import once_differentiable
 
 Impl = Literal["auto", "reference", "shift", "cpp", "triton"]
 IMPLS = ("auto", "reference", "shift", "cpp", "triton")
+# an odd size, the same both ways (9) or (height, width) ((1, 13): the stereo filter)
+KernelSize = int | tuple[int, int] | Sequence[int]
 
 log = logging.getLogger(__name__)
 
 
-def _pair(kernel_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def _pair(kernel_size: KernelSize) -> tuple[int, int]:
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
     if kh < 1 or kw < 1 or kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"kernel_size must be odd and positive, got {kernel_size!r}")
     return int(kh), int(kw)
 
 
-def _check_local(x: Tensor, filters: Tensor, kernel_size, bias: Tensor | None) -> tuple[int, int]:
+def _check_local(
+    x: Tensor, filters: Tensor, kernel_size: KernelSize, bias: Tensor | None
+) -> tuple[int, int]:
     kh, kw = _pair(kernel_size)
     if x.dim() != 4:
         raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
@@ -74,7 +78,7 @@ def _check_local(x: Tensor, filters: Tensor, kernel_size, bias: Tensor | None) -
 
 
 def dynamic_local_filter_reference(
-    x: Tensor, filters: Tensor, kernel_size, bias: Tensor | None = None
+    x: Tensor, filters: Tensor, kernel_size: KernelSize, bias: Tensor | None = None
 ) -> Tensor:
     """Unfold (im2col) implementation: simple, and the reference the fast ones are tested on."""
     kh, kw = _check_local(x, filters, kernel_size, bias)
@@ -429,7 +433,7 @@ class _ShiftLocalFilter(torch.autograd.Function):
 def dynamic_local_filter(
     x: Tensor,
     filters: Tensor,
-    kernel_size,
+    kernel_size: KernelSize,
     bias: Tensor | None = None,
     *,
     impl: Impl = "auto",
@@ -457,7 +461,7 @@ def dynamic_local_filter(
     return _ShiftLocalFilter.apply(x, filters, bias, kh, kw, _CPP if impl == "cpp" else _SHIFT)
 
 
-def dynamic_conv(x: Tensor, filters: Tensor, kernel_size) -> Tensor:
+def dynamic_conv(x: Tensor, filters: Tensor, kernel_size: KernelSize) -> Tensor:
     """Convolve each sample with its own generated filter (the paper's dynamic convolution).
 
     x: [B, C, H, W]; filters: [B, kh*kw] (shared by the channels) or [B, C, kh*kw].
@@ -477,6 +481,22 @@ def dynamic_conv(x: Tensor, filters: Tensor, kernel_size) -> Tensor:
     return out.view(b, c, h, w)
 
 
+def expected_displacement(filters: Tensor, kernel_size: KernelSize) -> Tensor:
+    """Each pixel's expected source offset under its filter: sum over taps of weight x offset.
+
+    filters: [B, kh*kw, H, W] -> [B, 2, H, W] as (dx, dy) in pixels. With softmaxed filters this is
+    the flow the filter carries (paper Figure 7); for a 1xK filter dx is a disparity.
+    """
+    kh, kw = _pair(kernel_size)
+    dy, dx = torch.meshgrid(
+        torch.arange(kh, device=filters.device, dtype=filters.dtype) - kh // 2,
+        torch.arange(kw, device=filters.device, dtype=filters.dtype) - kw // 2,
+        indexing="ij",
+    )
+    offsets = torch.stack([dx.reshape(-1), dy.reshape(-1)])  # [2, taps]
+    return torch.einsum("ot,bthw->bohw", offsets, filters)
+
+
 class DynamicLocalFilter(nn.Module):
     """Turns a filter-generating network's output into filters and applies them.
 
@@ -486,7 +506,7 @@ class DynamicLocalFilter(nn.Module):
 
     def __init__(
         self,
-        kernel_size,
+        kernel_size: KernelSize,
         softmax: bool = True,
         dynamic_bias: bool = False,
         impl: Impl = "auto",
@@ -505,7 +525,13 @@ class DynamicLocalFilter(nn.Module):
 
     @property
     def generated_channels(self) -> int:
+        """The channels the generator must output: the taps, plus one with a dynamic bias."""
         return self.taps + int(self.dynamic_bias)
+
+    @property
+    def reach(self) -> tuple[int, int]:
+        """How far (vertically, horizontally) in pixels a tap can look: (1, 13) reaches (0, 6)."""
+        return self.kernel_size[0] // 2, self.kernel_size[1] // 2
 
     def split(self, generated: Tensor) -> tuple[Tensor, Tensor | None]:
         """[B, taps (+1), H, W] -> filters [B, taps, H, W] (softmaxed if set), bias or None."""
@@ -521,15 +547,29 @@ class DynamicLocalFilter(nn.Module):
         bias = generated[:, self.taps :] if self.dynamic_bias else None
         return filters, bias
 
-    def forward(self, x: Tensor, generated: Tensor) -> Tensor:
+    def forward(self, x: Tensor, generated: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, C, H, W], the generator's output [B, taps (+1), H, W] -> the filtered x
+        [B, C, H, W] and the filters applied [B, taps, H, W] (softmaxed if set)."""
         filters, bias = self.split(generated)
-        return dynamic_local_filter(x, filters, self.kernel_size, bias, impl=self.impl)
+        return dynamic_local_filter(x, filters, self.kernel_size, bias, impl=self.impl), filters
+
+    def expected_displacement(self, filters: Tensor) -> Tensor:
+        """This filter's ``filters`` [B, taps, H, W] -> their expected offsets [B, 2, H, W] as
+        (dx, dy) in pixels (``expected_displacement``), in float32 also under autocast."""
+        with torch.autocast(filters.device.type, enabled=False):  # pixels, not bf16 steps
+            return expected_displacement(filters.float(), self.kernel_size)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, softmax={self.softmax}, "
+            f"dynamic_bias={self.dynamic_bias}, impl={self.impl!r}"
+        )
 
 
 class DynamicConv(nn.Module):
     """Applies one generated filter per sample, optionally softmaxed over its taps."""
 
-    def __init__(self, kernel_size, softmax: bool = False) -> None:
+    def __init__(self, kernel_size: KernelSize, softmax: bool = False) -> None:
         super().__init__()
         self.kernel_size = _pair(kernel_size)
         self.softmax = softmax
@@ -539,18 +579,5 @@ class DynamicConv(nn.Module):
             filters = filters.softmax(dim=-1)
         return dynamic_conv(x, filters, self.kernel_size)
 
-
-def expected_displacement(filters: Tensor, kernel_size) -> Tensor:
-    """Each pixel's expected source offset under its filter: sum over taps of weight x offset.
-
-    filters: [B, kh*kw, H, W] -> [B, 2, H, W] as (dx, dy) in pixels. With softmaxed filters this is
-    the flow the filter carries (paper Figure 7); for a 1xK filter dx is a disparity.
-    """
-    kh, kw = _pair(kernel_size)
-    dy, dx = torch.meshgrid(
-        torch.arange(kh, device=filters.device, dtype=filters.dtype) - kh // 2,
-        torch.arange(kw, device=filters.device, dtype=filters.dtype) - kw // 2,
-        indexing="ij",
-    )
-    offsets = torch.stack([dx.reshape(-1), dy.reshape(-1)])  # [2, taps]
-    return torch.einsum("ot,bthw->bohw", offsets, filters)
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, softmax={self.softmax}"

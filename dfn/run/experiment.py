@@ -18,10 +18,21 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from dfn.errors import InputError
+from dfn.models.predictor import DynamicFilterPredictor
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("DFN_ROOT", str(PROJECT_ROOT))  # configs/paths resolves outputs/ from here
 log = logging.getLogger(__name__)
+
+
+# Data settings the data configs interpolate from the model's (configs/data/*.yaml), so that the
+# data serves what the model reads; only an override of the data key alone can contradict them.
+FOLLOWS_MODEL = {
+    "data.num_input": "model.num_input",
+    "data.num_predicted": "model.num_predicted",
+    "data.image_size": "model.predictor.generator.image_size",
+    "data.crop_size": "model.predictor.generator.image_size",
+}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -38,20 +49,34 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("data.train_path", "data.test_path"):  # the test file is read after training
         if get(key) is not None and not Path(get(key)).is_file():
             raise InputError(f"{key}={get(key)}: no such file")
-    num_input, num_predicted = get("model.num_input"), get("model.num_predicted")
-    for key, value in (("num_input", num_input), ("num_predicted", num_predicted)):
-        if get(f"data.{key}") not in (None, value):
+    for data_key, model_key in FOLLOWS_MODEL.items():
+        value, expected = get(data_key), get(model_key)
+        if None not in (value, expected) and value != expected:
             raise InputError(
-                f"data.{key}={get(f'data.{key}')} but model.{key}={value}: the data must cut "
-                f"the windows the model reads; expected data.{key}={value}"
+                f"{data_key}={value} but {model_key}={expected}: the data must serve what the "
+                f"model reads; expected {data_key}={expected}, or set {model_key}, which it follows"
             )
-    window = None if None in (num_input, num_predicted) else num_input + num_predicted
-    sequences = str(get("data._target_")).endswith("MovingMNISTDataModule")  # of data.num_frames
-    if sequences and window is not None and get("data.num_frames") != window:
+
+
+def check_reach(datamodule: L.LightningDataModule, model: L.LightningModule) -> None:
+    """The model's filter must reach the data's ``max_disparity``.
+
+    A data module whose matching pixels lie up to ``max_disparity`` px apart horizontally (stereo)
+    has that attribute; a model that moves pixels with a filter has ``predictor.head.reach``
+    (vertical, horizontal). The baseline's ``ConvHead`` has no reach (None): it moves no pixel,
+    and is not held to the data's disparities.
+    """
+    max_disparity = getattr(datamodule, "max_disparity", None)
+    predictor = getattr(model, "predictor", None)
+    if max_disparity is None or not isinstance(predictor, DynamicFilterPredictor):
+        return
+    reach = predictor.head.reach
+    if reach is not None and reach[1] < max_disparity:
+        wide_enough = [2 * reach[0] + 1, 2 * max_disparity + 1]
         raise InputError(
-            f"data.num_frames={get('data.num_frames')}, but a sequence is model.num_input="
-            f"{num_input} frames in and model.num_predicted={num_predicted} out: expected "
-            f"data.num_frames={window}"
+            f"data.max_disparity={max_disparity}, but the model's filter reaches {reach[1]} px "
+            f"horizontally (a 1xK filter reaches (K-1)/2 px): set model.predictor.filtering."
+            f"kernel_size={wide_enough} or wider, or lower data.max_disparity"
         )
 
 
@@ -61,6 +86,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
+    check_reach(datamodule, model)
     # A group entry set to null (callbacks.progress_bar=null) switches that piece off.
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]

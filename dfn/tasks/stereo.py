@@ -13,7 +13,6 @@ from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
 from dfn.models.predictor import DynamicFilterPredictor
-from dfn.ops.filtering import expected_displacement
 from dfn.tasks.base import DFNTask
 from dfn.tasks.metrics import PredictionMetrics
 from dfn.tasks.visualize import colorize, sequence_grid
@@ -39,9 +38,7 @@ class StereoPredictionTask(DFNTask):
         """The filters' expected horizontal offset, [B, 1, H, W] in pixels."""
         if filters is None:
             return None
-        with torch.autocast(filters.device.type, enabled=False):  # pixels, not bf16 steps
-            offsets = expected_displacement(filters.float(), self.predictor.filtering.kernel_size)
-        return offsets[:, :1]
+        return self.predictor.head.expected_displacement(filters)[:, :1]
 
     @staticmethod
     def scorable(truth: Tensor) -> Tensor:
@@ -68,7 +65,7 @@ class StereoPredictionTask(DFNTask):
             self.log_image("val/left_right_prediction", sequence_grid(rows))
             disparity = self.disparity(filters)
             if disparity is not None:
-                reach = self.predictor.filtering.kernel_size[1] // 2
+                reach = self.predictor.head.reach[1]
                 maps = [
                     colorize(disparity[:n], -reach, reach),
                     colorize(batch["disparity"][:n], -reach, reach),

@@ -99,5 +99,5 @@ class VideoPredictionTask(DFNTask):
             rows += [torch.cat([context[i], target[i]]), torch.cat([context[i], prediction[i]])]
         self.log_image("val/ground_truth_vs_prediction", sequence_grid(rows))
         if filters[0] is not None:
-            kernel = self.predictor.filtering.kernel_size
-            self.log_image("val/filter_flow", flow_grid([f[:1] for f in filters], kernel))
+            flows = [self.predictor.head.expected_displacement(f[:1]) for f in filters]
+            self.log_image("val/filter_flow", flow_grid(flows))
