@@ -6,8 +6,6 @@ import torch
 from torch import Tensor
 from torchvision.utils import flow_to_image, make_grid
 
-from dfn.ops.filtering import expected_displacement
-
 
 def sequence_grid(rows: list[Tensor]) -> Tensor:
     """rows: equally long sequences [T, 1, H, W] -> one image, a sequence per row."""
@@ -15,16 +13,16 @@ def sequence_grid(rows: list[Tensor]) -> Tensor:
     return make_grid(frames, nrow=rows[0].shape[0], padding=1, pad_value=0.5)
 
 
-def flow_grid(filters: list[Tensor], kernel_size) -> Tensor:
-    """Filters [1, taps, H, W] of consecutive steps -> a row of flow images (paper Figure 7).
+def flow_grid(flows: list[Tensor]) -> Tensor:
+    """Expected displacements [1, 2, H, W] of consecutive steps' filters -> a row of flow images
+    (paper Figure 7).
 
     Each pixel shows its filter's expected displacement in the optical-flow colour code of
     ``torchvision.utils.flow_to_image`` (hue = direction, saturation = length, normalised by the
     longest displacement in the row).
     """
-    flows = torch.cat([expected_displacement(f.detach().float(), kernel_size) for f in filters])
-    flows = flows.float()  # einsum may run in bf16 under autocast
-    return make_grid(flow_to_image(flows.cpu()), nrow=len(filters), padding=1, pad_value=255)
+    fields = torch.cat([f.detach().float().cpu() for f in flows])
+    return make_grid(flow_to_image(fields), nrow=len(fields), padding=1, pad_value=255)
 
 
 def filter_grid(filters: Tensor, kernel_size, nrow: int = 8) -> Tensor:
