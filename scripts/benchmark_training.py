@@ -51,7 +51,6 @@ def build_model(cfg, device: torch.device, channels_last=False, compile=False, i
     """The experiment's model from its config (seed 0), set up as a run would set it up."""
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model).to(device)
-    model.log = lambda *args, **kwargs: None  # no trainer here
     if compile:
         model.predictor.generator.compile()  # as model.predictor.compile=true does
     if impl is not None:
@@ -66,7 +65,7 @@ def make_train_step(model, optimizer, autocast=None):
 
     def train_step(batch) -> None:
         with autocast or nullcontext():
-            loss = model.training_step(batch, 0)
+            loss = model.training_loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
