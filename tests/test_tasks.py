@@ -15,19 +15,20 @@ from torch.utils.data import DataLoader
 from dfn.models.generators import FilterGenerator, MLPFilterGenerator
 from dfn.models.predictor import EPS, DynamicFilterPredictor
 from dfn.ops.filtering import DynamicLocalFilter
+from dfn.tasks.metrics import DisparityErrors, FrameMetrics, RelativeMSE
 from dfn.tasks.steerable import SteerableFilterTask, steerable_filter
 from dfn.tasks.stereo import StereoPredictionTask
 from dfn.tasks.video import VideoPredictionTask
 from tests.test_models import make_predictor
 
 
-def trainer(**kwargs) -> L.Trainer:
+def trainer(logger=False) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu",
+        logger=logger,
         enable_progress_bar=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        **{"logger": False, **kwargs},
     )
 
 
@@ -215,3 +216,43 @@ def test_validation_draws_the_tasks_figures_for_tensorboard(tmp_path, make, batc
         figures = task.figures(task.predict(batches[0]))  # as scripts/report.py draws them
     assert set(figures) == {f"val/{tag}" for tag in tags}
     assert all(image.dim() == 3 and image.shape[0] == 3 for image in figures.values())
+
+
+def shard_metrics(rank: int, world_size: int, init_file: str) -> dict[str, torch.Tensor]:
+    """Each test metric updated with rank ``rank``'s share of a fixed test set and computed,
+    in a process group of ``world_size`` processes (one: no group, the whole set)."""
+    if world_size > 1:
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+        )
+    g = torch.Generator().manual_seed(4)
+    frames, disparity = torch.rand(2, 4, 2, 1, 8, 8, generator=g), torch.randn(2, 50, generator=g)
+    metrics = {
+        "frames": FrameMetrics(horizon=2, predictor="copy_last"),
+        "disparity": DisparityErrors(),
+        "relative": RelativeMSE(),
+    }
+    shares = [slice(0, 3), slice(3, 4)] if world_size > 1 else [slice(0, 4)]  # uneven
+    share = shares[rank]
+    metrics["frames"].update(frames[0, share], frames[1, share])
+    metrics["relative"].update(frames[0, share], frames[1, share])
+    pixels = slice(0, 50 if rank == 0 else 0)  # the second rank finds no scorable pixel
+    metrics["disparity"].update(disparity[0, pixels], disparity[1, pixels])
+    return {k: v for metric in metrics.values() for k, v in metric.compute().items()}
+
+
+def _shard_process(rank: int, world_size: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP threads
+    torch.save(shard_metrics(rank, world_size, init_file), f"{out}.{rank}")
+
+
+def test_metrics_reduced_over_two_processes_equal_one_process(tmp_path):
+    out = str(tmp_path / "metrics")
+    args = (2, str(tmp_path / "init"), out)
+    torch.multiprocessing.start_processes(_shard_process, args, nprocs=2, start_method="fork")
+    single = shard_metrics(0, 1, "")
+    for rank in (0, 1):
+        reduced = torch.load(f"{out}.{rank}", weights_only=True)
+        assert reduced.keys() == single.keys()
+        for key, value in single.items():
+            assert reduced[key].item() == pytest.approx(value.item(), rel=1e-6), (rank, key)
