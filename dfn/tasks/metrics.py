@@ -81,7 +81,10 @@ class FrameMetrics(Metric):
     def update(self, prediction: Tensor, target: Tensor) -> None:
         """prediction, target [B, T, C, H, W] in [0, 1]."""
         values = torch.stack(list(frame_metrics(prediction, target).values()))  # [M, B, T]
-        self.sums += torch.cat([values.mean(2, keepdim=True), values], 2).sum(1)
+        per_sequence = torch.cat([values.mean(2, keepdim=True), values], 2)
+        # summed over the sequences as contiguous rows: in the order torchmetrics' MeanMetric
+        # sums, so the means are bit for bit those of a MeanMetric per key
+        self.sums += per_sequence.transpose(1, 2).contiguous().sum(2)
         self.sequences += values.shape[1]
 
     def compute(self) -> dict[str, Tensor]:
