@@ -55,7 +55,6 @@ def build_model(cfg, device: torch.device, channels_last=False, compile=False, i
         cfg.model.predictor.filtering.impl = impl
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model).to(device)
-    model.log = lambda *args, **kwargs: None  # no trainer here
     if compile:
         model.predictor.generator.compile()  # as model.predictor.compile=true does
     model.channels_last = channels_last  # what model.channels_last=... does in a run
@@ -68,7 +67,7 @@ def make_train_step(model, optimizer, autocast=None):
 
     def train_step(batch) -> None:
         with autocast or nullcontext():
-            loss = model.training_step(batch, 0)
+            loss = model.training_loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -19,7 +19,6 @@ import json
 import shlex
 import statistics
 import sys
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -299,12 +298,8 @@ def task_images(config: DictConfig, checkpoint: Path) -> dict[str, Tensor]:
     datamodule.prepare_data()
     datamodule.setup("test")
     batch = next(iter(datamodule.test_dataloader()))
-    images: dict[str, Tensor] = {}
-    model.log_image = images.__setitem__  # capture instead of writing to TensorBoard
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # self.log without a trainer does nothing
-        model.validation_step(batch, 0)
-    return images
+    with torch.no_grad():
+        return model.figures(model.predict(batch))
 
 
 def sample_figures(rows: list[Row], figures: Path) -> dict[str, list[Path]]:

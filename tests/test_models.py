@@ -12,7 +12,7 @@ from dfn.errors import InputError
 from dfn.models.generators import FilterGenerator, UntiedBiasConv
 from dfn.models.predictor import EPS, ConvHead, DynamicFilterPredictor, FilterHead
 from dfn.ops.filtering import DynamicLocalFilter, expected_displacement
-from dfn.tasks.metrics import PSNR_CAP, PredictionMetrics, frame_metrics
+from dfn.tasks.metrics import METRICS, PSNR_CAP, FrameMetrics, frame_metrics
 
 
 def mnist_generator(**kwargs):
@@ -180,8 +180,8 @@ def test_an_exact_frame_has_capped_psnr_so_averages_stay_finite():
     psnr = frame_metrics(prediction, target)["psnr"]
     assert psnr[0, 0] == PSNR_CAP
     assert psnr[0, 1] < 25
-    metrics = PredictionMetrics(["copy_last"], horizon=2)
-    metrics.update("copy_last", prediction, target)
+    metrics = FrameMetrics(horizon=2, predictor="copy_last")
+    metrics.update(prediction, target)
     assert torch.isfinite(metrics.compute()["copy_last/psnr"])
 
 
@@ -196,15 +196,22 @@ def test_frame_metrics_stay_float32_under_bf16_autocast():
     assert (mixed["ssim"] <= 1).all()
 
 
-def test_prediction_metrics_average_over_samples_and_horizons():
-    metrics = PredictionMetrics(["model", "copy_last"], horizon=2)
+def test_frame_metrics_average_over_samples_and_horizons():
+    model, copy_last = FrameMetrics(horizon=2), FrameMetrics(horizon=2, predictor="copy_last")
     target = torch.rand(4, 2, 1, 8, 8)
-    metrics.update("model", target, target)
+    model.update(target, target)
     zeros = torch.zeros_like(target)
-    metrics.update("copy_last", zeros[:2], target[:2])
-    metrics.update("copy_last", zeros[2:], target[2:])
-    out = metrics.compute()
-    assert out["model/mse"] == 0 and out["model/ssim"] == pytest.approx(1.0)
+    copy_last.update(zeros[:2], target[:2])
+    copy_last.update(zeros[2:], target[2:])
+    out = model.compute() | copy_last.compute()
+    horizons = ("", "_t1", "_t2")
+    assert out.keys() == {
+        f"{p}{m}{k}" for p in ("", "copy_last/") for m in METRICS for k in horizons
+    }
+    assert out["mse"] == 0 and out["ssim"] == pytest.approx(1.0)
     per_frame = (target**2).flatten(2).sum(2)  # [4, 2]
     assert out["copy_last/mse"] == pytest.approx(per_frame.mean().item(), rel=1e-5)
     assert out["copy_last/mse_t2"] == pytest.approx(per_frame[:, 1].mean().item(), rel=1e-5)
+    one_frame = FrameMetrics(horizon=1)
+    one_frame.update(target[:, :1], target[:, :1])
+    assert one_frame.compute().keys() == set(METRICS)  # no _t1

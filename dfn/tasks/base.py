@@ -1,17 +1,31 @@
-"""What every experiment's LightningModule shares: the optimizer, the LR schedule, the parameter
-count, test metrics and images for TensorBoard."""
+"""What every experiment's LightningModule shares: the optimizer and LR schedule, the parameter
+count, the training, validation and test steps, the test metrics and the TensorBoard figures.
+A task supplies only what is its own: the methods below that raise NotImplementedError, its
+``test_metrics``, and where it differs from the defaults, its ``loss`` and ``frame_loss``.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from lightning import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from torchmetrics import MetricCollection
 
 log = logging.getLogger(__name__)
+
+
+class Outcome(NamedTuple):
+    """What a task makes of a batch."""
+
+    prediction: Tensor
+    target: Tensor
+    extras: dict[str, Any]
 
 
 class DFNTask(LightningModule):
@@ -19,6 +33,13 @@ class DFNTask(LightningModule):
     (``model.optimizer.lr=...`` from the command line); the schedule steps every iteration.
     ``channels_last`` stores the conv weights channels-last, which the convolutions run faster
     with on CPU (docs/PERFORMANCE.md) and which leaves the maths unchanged."""
+
+    # validation also logs the loss summed over the pixels of a frame, the paper's unit, as
+    # val/<frame_loss> (val/bce)
+    frame_loss: str | None = None
+    # metrics whose compute() returns their values by name under test/, which
+    # update_test_metrics updates
+    test_metrics: MetricCollection
 
     def __init__(
         self,
@@ -52,12 +73,65 @@ class DFNTask(LightningModule):
         for logger in self.loggers:
             logger.log_metrics({"model/parameters": float(self.num_parameters)}, step=0)
 
-    def log_test_metrics(self, metrics: dict[str, Tensor]) -> None:
-        """Log ``{predictor/metric: value}``; the model's own metrics go under ``test/metric``."""
-        renamed = {f"test/{k.removeprefix('model/')}": v for k, v in metrics.items()}
-        self.log_dict(renamed, sync_dist=True)
+    def predict(self, batch) -> Outcome:
+        """The model's prediction of a batch, its target, and what metrics and figures need."""
+        raise NotImplementedError
 
-    def log_image(self, tag: str, image: Tensor) -> None:
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(prediction, target)
+
+    def update_test_metrics(self, outcome: Outcome) -> None:
+        """Score the model and the task's reference predictors on a test batch."""
+        raise NotImplementedError
+
+    def figures(self, outcome: Outcome) -> dict[str, Tensor]:
+        """Images by TensorBoard tag: validation draws them for its first batch, and
+        scripts/report.py for the first test batch."""
+        raise NotImplementedError
+
+    def weight_metrics(self) -> dict[str, Tensor]:
+        """Metrics of the weights alone, logged with each validation and test."""
+        return {}
+
+    def training_loss(self, batch) -> Tensor:
+        """The loss of one training batch, which ``training_step`` logs."""
+        outcome = self.predict(batch)
+        return self.loss(outcome.prediction, outcome.target)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        outcome = self.predict(batch)
+        loss = self.loss(outcome.prediction, outcome.target)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        if self.frame_loss is not None:  # the paper's unit: summed over the pixels of a frame
+            frame = outcome.target[0, 0].numel()
+            self.log(f"val/{self.frame_loss}", loss * frame, sync_dist=True)
+        if batch_idx == 0:
+            self.log_figures(self.figures(outcome))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict({f"val/{k}": v for k, v in self.weight_metrics().items()}, sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.update_test_metrics(self.predict(batch))
+
+    def on_test_epoch_end(self) -> None:
+        # compute() reduces the states over the processes: every rank logs the same values (which
+        # sync_dist's mean keeps). A metric no batch updated (the stereo baseline has no
+        # disparity) is left out.
+        metrics = self.weight_metrics()
+        for metric in self.test_metrics.values():
+            if metric.update_called:
+                metrics |= metric.compute()
+        self.log_dict({f"test/{k}": v for k, v in metrics.items()}, sync_dist=True)
+        self.test_metrics.reset()
+
+    def log_figures(self, figures: dict[str, Tensor]) -> None:
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(tag, image, self.global_step)
+                for tag, image in figures.items():
+                    logger.experiment.add_image(tag, image, self.global_step)

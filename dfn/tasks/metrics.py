@@ -1,27 +1,36 @@
-"""Per-frame metrics in the paper's unit: errors summed over the pixels of one frame.
+"""Test metrics in the paper's unit: errors summed over the pixels of one frame.
 
 Table 1 reports the BCE summed over the 64x64 pixels of a frame, averaged over the predicted frames
 and the test sequences; MSE and MAE follow OpenSTL's per-frame-summed convention. SSIM and PSNR
 come from torchmetrics; a frame predicted exactly (the copy-last baseline, when both digits
 happen to stand where they stood) has infinite PSNR, so per-frame PSNR is capped at ``PSNR_CAP``
-dB before averaging. ``PredictionMetrics`` averages all of them, overall and per horizon, with
-torchmetrics' ``MeanMetric`` so they reduce correctly across processes.
+dB before averaging.
+
+Each metric below is a torchmetrics ``Metric`` whose states are sums, reduced over the processes
+by ``compute``, which returns the metric's values by their name under ``test/``.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torch import Tensor
+from torchmetrics import Metric
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
+from torchmetrics.utilities import dim_zero_cat
 
 from dfn.models.predictor import EPS
 
 METRICS = ("bce", "mse", "mae", "ssim", "psnr")
 PSNR_CAP = 100.0  # dB: an MSE of 1e-10 of the data range squared
+# Per-pixel errors of a disparity map (prediction - truth); each is averaged over the scorable
+# pixels of the test set for the model (test/disparity_epe) and for the zero- and mean-disparity
+# predictors (test/zero_disparity/disparity_epe, test/mean_disparity/disparity_epe).
+DISPARITY_ERRORS = {
+    "disparity_epe": torch.abs,
+}
 
 
 def binary_cross_entropy(prediction: Tensor, target: Tensor) -> Tensor:
@@ -53,36 +62,90 @@ def _frame_metrics(prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
     return {name: value.view(b, t) for name, value in per_frame.items()}
 
 
-class PredictionMetrics(nn.Module):
-    """Running means of ``frame_metrics`` for named predictors, overall and per horizon t+k."""
+class FrameMetrics(Metric):
+    """``frame_metrics`` of one predictor averaged over the test sequences: over a sequence's
+    predicted frames (``bce``) and, when it predicts more than one, at each frame t+k
+    (``bce_t1``, ...). ``predictor`` prefixes the names (``copy_last/bce``); the model's own
+    metrics have none."""
 
-    def __init__(self, predictors: list[str], horizon: int, metrics=METRICS) -> None:
+    full_state_update = False
+
+    def __init__(self, horizon: int, predictor: str = "model") -> None:
         super().__init__()
-        self.metrics, self.horizon = tuple(metrics), horizon
-        self.means = nn.ModuleDict({key: MeanMetric() for key in self._keys(predictors)})
+        self.horizon = horizon
+        self.name_prefix = "" if predictor == "model" else f"{predictor}/"
+        # sums over the sequences of [the mean over the frames, frame 1, ..., frame T]
+        self.add_state("sums", torch.zeros(len(METRICS), horizon + 1), dist_reduce_fx="sum")
+        self.add_state("sequences", torch.tensor(0.0), dist_reduce_fx="sum")
 
-    def _keys(self, predictors: list[str]) -> list[str]:
-        keys = []
-        for predictor in predictors:
-            for m in self.metrics:
-                keys.append(f"{predictor}/{m}")
-                if self.horizon > 1:
-                    keys += [f"{predictor}/{m}_t{k}" for k in range(1, self.horizon + 1)]
-        return keys
-
-    @torch.no_grad()
-    def update(self, predictor: str, prediction: Tensor, target: Tensor) -> None:
-        for m, values in frame_metrics(prediction, target).items():
-            if m not in self.metrics:
-                continue
-            self.means[f"{predictor}/{m}"].update(values.mean(1))
-            if self.horizon > 1:
-                for k in range(self.horizon):
-                    self.means[f"{predictor}/{m}_t{k + 1}"].update(values[:, k])
+    def update(self, prediction: Tensor, target: Tensor) -> None:
+        """prediction, target [B, T, C, H, W] in [0, 1]."""
+        values = torch.stack(list(frame_metrics(prediction, target).values()))  # [M, B, T]
+        per_sequence = torch.cat([values.mean(2, keepdim=True), values], 2)
+        # summed over the sequences as contiguous rows: in the order torchmetrics' MeanMetric
+        # sums, so the means are bit for bit those of a MeanMetric per key
+        self.sums += per_sequence.transpose(1, 2).contiguous().sum(2)
+        self.sequences += values.shape[1]
 
     def compute(self) -> dict[str, Tensor]:
-        return {key: mean.compute() for key, mean in self.means.items() if mean.update_count}
+        means = self.sums / self.sequences
+        frames = range(1, self.horizon + 1) if self.horizon > 1 else []
+        out = {}
+        for metric, row in zip(METRICS, means, strict=True):
+            out[self.name_prefix + metric] = row[0]
+            out |= {f"{self.name_prefix}{metric}_t{k}": row[k] for k in frames}
+        return out
 
-    def reset(self) -> None:
-        for mean in self.means.values():
-            mean.reset()
+
+class DisparityErrors(Metric):
+    """``DISPARITY_ERRORS`` of a disparity map and of the zero- and mean-disparity predictors,
+    averaged over the scorable pixels of the test set. The mean disparity is the test set's, so
+    the pixels' disparities are kept until ``compute``."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("disparity", [], dist_reduce_fx="cat")
+        self.add_state("truth", [], dist_reduce_fx="cat")
+
+    def update(self, disparity: Tensor, truth: Tensor) -> None:
+        """The disparity [N] and its ground truth [N] at the scorable pixels, in pixels."""
+        self.disparity.append(disparity.float())
+        self.truth.append(truth.float())
+
+    def compute(self) -> dict[str, Tensor]:
+        disparity, truth = dim_zero_cat(self.disparity), dim_zero_cat(self.truth)
+        if not truth.numel():
+            return {}
+        predictors = {"": disparity, "zero_disparity/": 0.0, "mean_disparity/": truth.mean()}
+        return {
+            f"{predictor}{name}": error(prediction - truth).mean()
+            for predictor, prediction in predictors.items()
+            for name, error in DISPARITY_ERRORS.items()
+        }
+
+
+class RelativeMSE(Metric):
+    """The mean squared error per pixel (``mse``) and that error relative to the variance of the
+    target (``relative_mse``: 0 is perfect, 1 is as good as predicting the mean)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("squared_error", "target", "target_squared", "samples"):
+            self.add_state(name, torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, prediction: Tensor, target: Tensor) -> None:
+        """prediction, target [B, ...]: each sample's mean over its pixels counts once."""
+        self.squared_error += (prediction - target).square().flatten(1).mean(1).sum()
+        self.target += target.flatten(1).mean(1).sum()
+        self.target_squared += target.square().flatten(1).mean(1).sum()
+        self.samples += target.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        mse, mean, mean_sq = (
+            x / self.samples for x in (self.squared_error, self.target, self.target_squared)
+        )
+        return {"mse": mse, "relative_mse": mse / (mean_sq - mean**2)}

@@ -13,11 +13,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MetricCollection
 
 from dfn.models.generators import MLPFilterGenerator, complete
 from dfn.ops.filtering import DynamicConv
-from dfn.tasks.base import DFNTask
+from dfn.tasks.base import DFNTask, Outcome
+from dfn.tasks.metrics import RelativeMSE
 from dfn.tasks.visualize import filter_grid, sequence_grid
 
 
@@ -71,9 +72,7 @@ class SteerableFilterTask(DFNTask):
         )
         self.kernel_size = kernel_size
         self.sigma = sigma
-        self.test_means = torch.nn.ModuleDict(
-            {k: MeanMetric() for k in ("mse", "target", "target_sq")}
-        )
+        self.test_metrics = MetricCollection({"model": RelativeMSE()})
 
     def generate_filters(self, theta: Tensor) -> Tensor:
         """Angles [B] -> generated filters [B, k, k]."""
@@ -87,44 +86,24 @@ class SteerableFilterTask(DFNTask):
         """The images filtered with their angles' analytic steerable filters."""
         return steer(images, theta, self.kernel_size, self.sigma)
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def predict(self, batch) -> Outcome:
         images, theta = batch
-        target = self.target(images, theta)
-        loss = F.mse_loss(self(images, theta), target)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        return Outcome(self(images, theta), self.target(images, theta), {"images": images})
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        images, theta = batch
-        target = self.target(images, theta)
-        output = self(images, theta)
-        self.log("val/loss", F.mse_loss(output, target), prog_bar=True, sync_dist=True)
-        if batch_idx == 0:
-            self.log("val/filter_cosine", self.filter_cosine(), sync_dist=True)
-            scale = 0.5 / target[:8].abs().amax()  # show signed responses around grey
-            rows = [images[:8], 0.5 + scale * target[:8], 0.5 + scale * output[:8]]
-            self.log_image("val/input_target_output", sequence_grid(rows))
-            self.log_image("val/filters_learned_vs_analytic", self.figure_4())
+    def update_test_metrics(self, outcome: Outcome) -> None:
+        self.test_metrics["model"].update(outcome.prediction, outcome.target)
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        images, theta = batch
-        target = self.target(images, theta)
-        err = (self(images, theta) - target).square()
-        self.test_means["mse"].update(err.flatten(1).mean(1))
-        self.test_means["target"].update(target.flatten(1).mean(1))
-        self.test_means["target_sq"].update(target.square().flatten(1).mean(1))
+    def weight_metrics(self) -> dict[str, Tensor]:
+        return {"filter_cosine": self.filter_cosine()}
 
-    def on_test_epoch_end(self) -> None:
-        mse, mean, mean_sq = (self.test_means[k].compute() for k in ("mse", "target", "target_sq"))
-        self.log_test_metrics(
-            {
-                "mse": mse,
-                "relative_mse": mse / (mean_sq - mean**2),
-                "filter_cosine": self.filter_cosine(),
-            }
-        )
-        for metric in self.test_means.values():
-            metric.reset()
+    def figures(self, outcome: Outcome) -> dict[str, Tensor]:
+        output, target, extras = outcome
+        scale = 0.5 / target[:8].abs().amax()  # show signed responses around grey
+        rows = [extras["images"][:8], 0.5 + scale * target[:8], 0.5 + scale * output[:8]]
+        return {
+            "val/input_target_output": sequence_grid(rows),
+            "val/filters_learned_vs_analytic": self.figure_4(),
+        }
 
     def test_angles(self, n: int = 8) -> Tensor:
         return torch.arange(n, device=self.device) * (2 * math.pi / n)

@@ -8,27 +8,34 @@ map, scored against ground truth where the data has it (``test/disparity_epe``, 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import CatMetric, MeanMetric
+from torchmetrics import MetricCollection
 
 from dfn.models.predictor import DynamicFilterPredictor
-from dfn.tasks.base import DFNTask
-from dfn.tasks.metrics import PredictionMetrics
+from dfn.tasks.base import DFNTask, Outcome
+from dfn.tasks.metrics import DisparityErrors, FrameMetrics
 from dfn.tasks.visualize import colorize, sequence_grid
 
 
 class StereoPredictionTask(DFNTask):
-    """Batches are dicts with "left", "right" [B, 1, H, W] and "disparity" (NaN where unknown)."""
+    """Batches are dicts with "left", "right" [B, 1, H, W] and "disparity" (NaN where unknown).
+    Scored beside the predictor that copies the left view (``test/copy_left/...``)."""
+
+    frame_loss = "mse"
 
     def __init__(self, predictor: DynamicFilterPredictor, num_logged: int = 8, **kwargs) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False, ignore=["predictor", "optimizer", "scheduler"])
         self.predictor = predictor
         self.num_logged = num_logged
-        self.test_metrics = PredictionMetrics(["model", "copy_left"], horizon=1)
-        self.disparity_error = MeanMetric()
-        self.disparity_truth = CatMetric()
+        self.test_metrics = MetricCollection(
+            {
+                "model": FrameMetrics(horizon=1),
+                "copy_left": FrameMetrics(horizon=1, predictor="copy_left"),
+                "disparity": DisparityErrors(),
+            },
+            compute_groups=False,
+        )
 
     def forward(self, left: Tensor) -> tuple[Tensor, Tensor | None]:
         prediction, filters, _ = self.predictor.step(left)
@@ -40,6 +47,11 @@ class StereoPredictionTask(DFNTask):
             return None
         return self.predictor.head.expected_displacement(filters)[:, :1]
 
+    @property
+    def reach(self) -> int:
+        """The largest disparity the filter can express, in pixels."""
+        return self.predictor.head.reach[1]
+
     @staticmethod
     def scorable(truth: Tensor) -> Tensor:
         """Pixels with known disparity whose match lies inside the crop: elsewhere the filter
@@ -48,48 +60,28 @@ class StereoPredictionTask(DFNTask):
         source = x + truth
         return torch.isfinite(truth) & (source >= 0) & (source <= truth.shape[-1] - 1)
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        prediction, _ = self(batch["left"])
-        loss = F.mse_loss(prediction, batch["right"])
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def predict(self, batch: dict) -> Outcome:
         prediction, filters = self(batch["left"])
-        loss = F.mse_loss(prediction, batch["right"])
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("val/mse", loss * batch["right"][0].numel(), sync_dist=True)
-        if batch_idx == 0:
-            n = self.num_logged
-            rows = [batch["left"][:n], batch["right"][:n], prediction[:n]]
-            self.log_image("val/left_right_prediction", sequence_grid(rows))
-            disparity = self.disparity(filters)
-            if disparity is not None:
-                reach = self.predictor.head.reach[1]
-                maps = [
-                    colorize(disparity[:n], -reach, reach),
-                    colorize(batch["disparity"][:n], -reach, reach),
-                ]
-                self.log_image("val/disparity_vs_ground_truth", sequence_grid(maps))
+        extras = {"left": batch["left"], "filters": filters, "truth": batch["disparity"]}
+        return Outcome(prediction, batch["right"], extras)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        left, right, truth = batch["left"], batch["right"], batch["disparity"]
-        prediction, filters = self(left)
-        self.test_metrics.update("model", prediction.unsqueeze(1), right.unsqueeze(1))
-        self.test_metrics.update("copy_left", left.unsqueeze(1), right.unsqueeze(1))
-        disparity = self.disparity(filters)
-        valid = self.scorable(truth)
-        if disparity is not None and valid.any():
-            self.disparity_error.update((disparity - truth)[valid].abs())
-            self.disparity_truth.update(truth[valid])
+    def update_test_metrics(self, outcome: Outcome) -> None:
+        prediction, right, extras = outcome
+        self.test_metrics["model"].update(prediction.unsqueeze(1), right.unsqueeze(1))
+        self.test_metrics["copy_left"].update(extras["left"].unsqueeze(1), right.unsqueeze(1))
+        disparity, truth = self.disparity(extras["filters"]), extras["truth"]
+        if disparity is not None:
+            valid = self.scorable(truth)
+            self.test_metrics["disparity"].update(disparity[valid], truth[valid])
 
-    def on_test_epoch_end(self) -> None:
-        metrics = self.test_metrics.compute()
-        if self.disparity_error.update_count:
-            truth = self.disparity_truth.compute()
-            metrics["model/disparity_epe"] = self.disparity_error.compute()
-            metrics["zero_disparity/disparity_epe"] = truth.abs().mean()
-            metrics["mean_disparity/disparity_epe"] = (truth - truth.mean()).abs().mean()
-        self.log_test_metrics(metrics)
-        for metric in (self.test_metrics, self.disparity_error, self.disparity_truth):
-            metric.reset()
+    def figures(self, outcome: Outcome) -> dict[str, Tensor]:
+        prediction, right, extras = outcome
+        n = self.num_logged
+        rows = [extras["left"][:n], right[:n], prediction[:n]]
+        figures = {"val/left_right_prediction": sequence_grid(rows)}
+        disparity = self.disparity(extras["filters"])
+        if disparity is not None:
+            maps = [disparity[:n], extras["truth"][:n]]
+            images = [colorize(m, -self.reach, self.reach) for m in maps]
+            figures["val/disparity_vs_ground_truth"] = sequence_grid(images)
+        return figures

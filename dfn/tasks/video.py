@@ -11,11 +11,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics import MetricCollection
 
 from dfn.errors import InputError
 from dfn.models.predictor import DynamicFilterPredictor
-from dfn.tasks.base import DFNTask
-from dfn.tasks.metrics import PredictionMetrics, binary_cross_entropy
+from dfn.tasks.base import DFNTask, Outcome
+from dfn.tasks.metrics import FrameMetrics, binary_cross_entropy
 from dfn.tasks.visualize import flow_grid, sequence_grid
 
 
@@ -27,7 +28,8 @@ def prediction_loss(kind: str, prediction: Tensor, target: Tensor) -> Tensor:
 
 
 class VideoPredictionTask(DFNTask):
-    """``num_input`` frames in, ``num_predicted`` frames out; batches are [B, T, 1, H, W]."""
+    """``num_input`` frames in, ``num_predicted`` frames out; batches are [B, T, 1, H, W]. Scored
+    beside the predictor that copies the last input frame (``test/copy_last/...``)."""
 
     def __init__(
         self,
@@ -50,12 +52,19 @@ class VideoPredictionTask(DFNTask):
             )
         self.predictor = predictor
         self.num_input, self.num_predicted = num_input, num_predicted
-        self.loss_kind = loss
+        self.frame_loss = loss
         self.num_logged = num_logged
-        self.test_metrics = PredictionMetrics(["model", "copy_last"], num_predicted)
+        self.test_metrics = MetricCollection(
+            {p: FrameMetrics(num_predicted, p) for p in ("model", "copy_last")},
+            compute_groups=False,
+        )
 
     def forward(self, context: Tensor) -> tuple[Tensor, list[Tensor | None]]:
         return self.predictor.rollout(context, self.num_predicted)
+
+    def displacement(self, filters: Tensor) -> Tensor:
+        """The filters' expected displacement (x, y) [B, 2, H, W] in pixels."""
+        return self.predictor.head.expected_displacement(filters)
 
     def split(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         expected = self.num_input + self.num_predicted
@@ -66,38 +75,26 @@ class VideoPredictionTask(DFNTask):
             )
         return frames[:, : self.num_input], frames[:, self.num_input :]
 
-    def training_step(self, frames: Tensor, batch_idx: int) -> Tensor:
-        context, target = self.split(frames)
-        prediction, _ = self(context)
-        loss = prediction_loss(self.loss_kind, prediction, target)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, frames: Tensor, batch_idx: int) -> None:
+    def predict(self, frames: Tensor) -> Outcome:
         context, target = self.split(frames)
         prediction, filters = self(context)
-        loss = prediction_loss(self.loss_kind, prediction, target)
-        # The paper's unit: the loss summed over the pixels of a frame.
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log(f"val/{self.loss_kind}", loss * target[0, 0].numel(), sync_dist=True)
-        if batch_idx == 0:
-            self.log_predictions(context, target, prediction, filters)
+        return Outcome(prediction, target, {"context": context, "filters": filters})
 
-    def test_step(self, frames: Tensor, batch_idx: int) -> None:
-        context, target = self.split(frames)
-        prediction, _ = self(context)
-        self.test_metrics.update("model", prediction, target)
-        self.test_metrics.update("copy_last", context[:, -1:].expand_as(target), target)
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return prediction_loss(self.frame_loss, prediction, target)
 
-    def on_test_epoch_end(self) -> None:
-        self.log_test_metrics(self.test_metrics.compute())
-        self.test_metrics.reset()
+    def update_test_metrics(self, outcome: Outcome) -> None:
+        prediction, target, extras = outcome
+        self.test_metrics["model"].update(prediction, target)
+        self.test_metrics["copy_last"].update(extras["context"][:, -1:].expand_as(target), target)
 
-    def log_predictions(self, context, target, prediction, filters) -> None:
+    def figures(self, outcome: Outcome) -> dict[str, Tensor]:
+        prediction, target, extras = outcome
+        context, filters = extras["context"], extras["filters"]
         rows = []
         for i in range(min(self.num_logged, len(context))):
             rows += [torch.cat([context[i], target[i]]), torch.cat([context[i], prediction[i]])]
-        self.log_image("val/ground_truth_vs_prediction", sequence_grid(rows))
+        figures = {"val/ground_truth_vs_prediction": sequence_grid(rows)}
         if filters[0] is not None:
-            flows = [self.predictor.head.expected_displacement(f[:1]) for f in filters]
-            self.log_image("val/filter_flow", flow_grid(flows))
+            figures["val/filter_flow"] = flow_grid([self.displacement(f[:1]) for f in filters])
+        return figures

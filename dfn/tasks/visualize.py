@@ -13,16 +13,16 @@ def sequence_grid(rows: list[Tensor]) -> Tensor:
     return make_grid(frames, nrow=rows[0].shape[0], padding=1, pad_value=0.5)
 
 
-def flow_grid(displacements: list[Tensor]) -> Tensor:
-    """The filters' expected displacements [1, 2, H, W] (dx, dy) of consecutive steps -> a row of
-    flow images (paper Figure 7).
+def flow_grid(flows: list[Tensor]) -> Tensor:
+    """Expected displacements [1, 2, H, W] of consecutive steps' filters -> a row of flow images
+    (paper Figure 7).
 
     Each pixel shows its filter's expected displacement in the optical-flow colour code of
     ``torchvision.utils.flow_to_image`` (hue = direction, saturation = length, normalised by the
     longest displacement in the row).
     """
-    flows = torch.cat([d.detach().float().cpu() for d in displacements])
-    return make_grid(flow_to_image(flows), nrow=len(displacements), padding=1, pad_value=255)
+    fields = torch.cat([f.detach().float().cpu() for f in flows])
+    return make_grid(flow_to_image(fields), nrow=len(fields), padding=1, pad_value=255)
 
 
 def filter_grid(filters: Tensor, kernel_size, nrow: int = 8) -> Tensor:
