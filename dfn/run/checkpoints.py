@@ -25,23 +25,28 @@ IDENTITY = "dfn"  # the checkpoint's key for the block written by CheckpointIden
 
 @functools.cache
 def code_version() -> dict[str, str | None]:
-    """The package version and the git commit of the code (``-dirty`` with local changes); None
-    where unknown: no installed package, no git, or no repository."""
+    """The package version and the git commit of this code (``-dirty`` with uncommitted
+    changes); None where unknown: not installed, no git, or not a checkout."""
     try:
         version = importlib.metadata.version("dfn")
     except importlib.metadata.PackageNotFoundError:
         version = None
     root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():  # an installed copy: a repository above it is not its own
+        return {"version": version, "commit": None}
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(root), *args]
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+
     try:
-        git = ["git", "-C", str(root)]
-        commit = subprocess.run(
-            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run([*git, "diff-index", "--quiet", "HEAD"], timeout=10).returncode
-        commit += "-dirty" if dirty else ""
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=no").strip()
     except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"version": version, "commit": commit}
+        return {"version": version, "commit": None}
+    return {"version": version, "commit": commit + ("-dirty" if status else "")}
 
 
 def identity(experiment: str, model: LightningModule) -> dict[str, Any]:
