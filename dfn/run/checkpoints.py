@@ -76,7 +76,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     file in the system's temporary folder and moves it, which copies, not renames, when that is
     another file system.)"""
 
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict, path: str | Path, storage_options: object = None
+    ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
