@@ -1,11 +1,15 @@
-"""Evaluate a checkpoint on the experiment's test set:
+"""Evaluate a checkpoint on the experiment's test set: python eval.py run=outputs/runs/<run>, or
 python eval.py experiment=moving_mnist ckpt_path=outputs/runs/.../checkpoints/step_020000.ckpt"""
+
+import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from dfn.run.cli import reporting_user_errors
 from dfn.run.experiment import evaluate
+from dfn.run.runs import command_line
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
@@ -15,4 +19,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    with reporting_user_errors():
+        sys.argv = command_line(sys.argv, "run", Path(__file__).parent / "configs")
     main()

@@ -1,10 +1,15 @@
-"""Train a dynamic filter network: python train.py experiment=moving_mnist [overrides]."""
+"""Train a dynamic filter network: python train.py experiment=moving_mnist [overrides];
+continue a run in its folder: python train.py resume=outputs/runs/<run> [overrides]."""
+
+import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from dfn.run.cli import reporting_user_errors
 from dfn.run.experiment import fit_and_test
+from dfn.run.runs import command_line
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -15,4 +20,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with reporting_user_errors():
+        sys.argv = command_line(sys.argv, "resume", Path(__file__).parent / "configs")
     main()

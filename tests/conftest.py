@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = [
@@ -34,17 +34,24 @@ def smoke_overrides(experiment: str) -> list[str]:
 def compose_config(
     overrides: list[str], tmp_path: Path, data_dir: Path, config_name: str = "train"
 ) -> DictConfig:
-    """The config train.py would see, with the run under ``tmp_path`` and cached data shared."""
+    """The config train.py would see, with the run under ``tmp_path`` and cached data shared;
+    like Hydra, it saves the run's config and overrides in ``run/.hydra/``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    run = tmp_path / "run"
     with open_dict(cfg):
         cfg.paths.log_dir = str(tmp_path / "outputs")
         cfg.paths.data_dir = str(data_dir)
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.hydra.runtime.output_dir = str(run)
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
-    (tmp_path / "run").mkdir(exist_ok=True)
+    run.mkdir(exist_ok=True)
+    if cfg.hydra.output_subdir is not None:
+        (run / ".hydra").mkdir(exist_ok=True)
+        task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        OmegaConf.save(task, run / ".hydra" / "config.yaml")
+        OmegaConf.save(cfg.hydra.overrides.task, run / ".hydra" / "overrides.yaml")
     return cfg
 
 

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torchvision.io import decode_png, read_file
 
 from dfn.errors import InputError
@@ -105,34 +106,37 @@ def test_eval_reproduces_the_training_runs_test_metrics(smoke_runs, compose_cfg,
 
 
 def test_eval_refuses_a_missing_checkpoint(compose_cfg, tmp_path):
-    cfg = compose_cfg(
-        ["experiment=stereo", f"ckpt_path={tmp_path / 'none.ckpt'}"], config_name="eval"
-    )
-    with pytest.raises(InputError, match="ckpt_path must name a checkpoint file"):
+    missing = tmp_path / "none.ckpt"
+    cfg = compose_cfg(["experiment=stereo", f"ckpt_path={missing}"], config_name="eval")
+    with pytest.raises(InputError, match=f"cannot load {missing}: no such file"):
         evaluate(cfg)
+    with pytest.raises(InputError, match=r"give the checkpoint to evaluate: run=<run folder>"):
+        evaluate(compose_cfg(["experiment=stereo"], config_name="eval"))
 
 
-def test_eval_cli_takes_the_training_overrides(smoke_runs, tmp_path, data_dir):
-    """data.test_path=... reaches the data: a test file whose right view IS the left view."""
+def test_eval_by_run_folder_with_another_test_set(smoke_runs, tmp_path):
+    """eval.py run=<run folder>: the run's own config and last checkpoint, with no experiment or
+    training overrides repeated; data.test_path=... on top reaches the data (a test file whose
+    right view IS the left view)."""
     frames = np.random.default_rng(0).random((3, 64, 80), dtype=np.float32)
     test_file = tmp_path / "test.h5"
     with h5py.File(test_file, "w") as f:
         f["highway_L"], f["highway_R"] = frames, frames
-    checkpoint = json.loads((smoke_runs["stereo"] / "metrics.json").read_text())["best_checkpoint"]
+    run = smoke_runs["stereo"].resolve()
     result = run_script(
-        "eval.py",
-        *RUNS["stereo"],
-        f"ckpt_path={checkpoint}",
-        f"data.test_path={test_file}",
-        f"paths.log_dir={tmp_path}",
-        f"paths.data_dir={data_dir}",
+        "eval.py", f"run={run}", f"data.test_path={test_file}", f"paths.log_dir={tmp_path}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics_path,) = (tmp_path / "eval").glob("*_stereo/metrics.json")
     metrics = json.loads(metrics_path.read_text())
+    assert metrics["run"] == str(run)
+    assert metrics["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    assert metrics["steps"] == 4
     assert metrics["test/copy_left/mse"] == 0.0
     assert metrics["test/mse"] > 0.0
     assert f"Run folder: {metrics_path.parent}" in result.stdout
+    config = OmegaConf.load(metrics_path.parent / ".hydra" / "config.yaml")
+    assert config.data.test_path == str(test_file) and config.trainer.max_steps == 4  # debug=smoke
 
 
 def test_report_has_every_table_1_row_and_its_figures(smoke_runs, tmp_path):

@@ -3,6 +3,7 @@ non-finite loss stops the run and keeps the last good checkpoint, Ctrl-C and SIG
 last.ckpt, a resumed run continues exactly, and a killed cache generation is regenerated."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,8 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from lightning import Callback
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import datamodules.moving_mnist as mm
 from datamodules.h5 import read_frames, write_h5_atomic
@@ -25,8 +27,12 @@ from datamodules.stream import StreamLoader
 from dfn.errors import InputError
 from dfn.run.cli import reporting_user_errors
 from dfn.run.experiment import check_reach, fit_and_test
+from dfn.run.runs import command_line
 from dfn.tasks.steerable import SteerableFilterTask
 from tests.conftest import ROOT, compose_config, smoke_overrides
+
+CONFIGS = ROOT / "configs"
+LAST = Path("checkpoints") / "last.ckpt"
 
 
 @pytest.fixture
@@ -387,7 +393,7 @@ def test_resumed_run_continues_exactly(
         code, stderr = train_py(first, capsys)
         assert code == 128 + getattr(signal, stop)
         assert f"Stopped by {'Ctrl-C' if stop == 'SIGINT' else 'SIGTERM'} at step 3" in stderr
-        assert "Resume with: python train.py experiment=" in stderr
+        assert f"Resume with: python train.py resume={tmp_path / 'first' / 'run'}\n" in stderr
     runs = [tmp_path / name / "run" for name in ("straight", "first", "resumed")]
     last = runs[1] / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 3
@@ -407,6 +413,56 @@ def test_resumed_run_continues_exactly(
         whole, halves = logged(runs[0], key), {**logged(runs[1], key), **logged(runs[2], key)}
         assert sorted(whole) == sorted(halves) == list(range(6)), key
         np.testing.assert_allclose([halves[s] for s in whole], list(whole.values()), rtol=1e-5)
+
+
+def tensorboard_scalars(run: Path, tag: str) -> dict[int, float]:
+    """What TensorBoard shows for ``tag`` in the run: every session's event files together."""
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def test_resumed_by_its_folder_continues_exactly_in_place(compose_run, tmp_path, capsys):
+    """6 steps straight == 3 steps, then ``train.py resume=<run folder> trainer.max_steps=6``:
+    composed from the run's saved config, in the same folder, with the same weights, optimizer,
+    LR schedule and logged losses; the folder's record grows instead of being replaced."""
+    overrides = [
+        "experiment=steerable",
+        *smoke_overrides("steerable"),
+        "data.steps_per_epoch=2",
+        "model.scheduler.step_size=2",
+        "test=false",
+    ]
+    straight = compose_run("straight", [*overrides, "trainer.max_steps=6"])
+    assert train_py(straight, capsys)[0] is None
+    first = compose_run("first", [*overrides, "trainer.max_steps=3"])
+    assert train_py(first, capsys)[0] is None
+    whole, run = tmp_path / "straight" / "run", tmp_path / "first" / "run"
+
+    argv = command_line(["train.py", f"resume={run}", "trainer.max_steps=6"], "resume", CONFIGS)
+    config_name = argv[1].removeprefix("--config-name=")
+    resumed = compose_config(argv[2:], tmp_path / "first", straight.paths.data_dir, config_name)
+    assert resumed.hydra.run.dir == str(run) and resumed.ckpt_path == str(run / LAST)
+    assert train_py(resumed, capsys)[0] is None
+
+    a, b = (torch.load(folder / LAST, weights_only=True) for folder in (whole, run))
+    assert a["global_step"] == b["global_step"] == 6
+    for name, weight in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], weight)
+    torch.testing.assert_close(b["optimizer_states"], a["optimizer_states"])
+    assert b["lr_schedulers"] == a["lr_schedulers"]
+    for tag in ("train/loss", "lr-Adam"):
+        straight_log, halves = (tensorboard_scalars(r, tag) for r in (whole, run))
+        assert sorted(halves) == sorted(straight_log) == list(range(6)), tag
+        expected = list(straight_log.values())
+        np.testing.assert_allclose([halves[s] for s in straight_log], expected, rtol=1e-5)
+
+    record = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+    assert list(record) == [*overrides, "trainer.max_steps=3", "trainer.max_steps=6"]
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.max_steps == 6
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["resumed_from"] == str(run / LAST)
+    assert [earlier["steps"] for earlier in metrics["history"]] == [3]
 
 
 # --------------------------------------------------------------------------- the data stream

@@ -127,13 +127,6 @@ def run_train(*overrides: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_unknown_experiment_lists_the_options():
-    result = run_train("experiment=moving_mnistt")
-    assert result.returncode != 0
-    assert "Could not find 'experiment/moving_mnistt'" in result.stderr
-    assert "moving_mnist_baseline" in result.stderr  # Hydra lists the available experiments
-
-
 def test_user_error_is_one_line_without_traceback(tmp_path):
     result = run_train(
         "experiment=steerable", "model.optimizer.lr=fast", f"paths.log_dir={tmp_path}"

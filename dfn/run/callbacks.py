@@ -4,14 +4,12 @@ of ``max_steps`` mid-epoch."""
 
 from __future__ import annotations
 
-import shlex
 import signal
 import sys
 import threading
 from pathlib import Path
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
@@ -19,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from dfn.errors import InputError
+from dfn.run.runs import resume_command
 
 EXIT_SIGTERM, EXIT_CTRL_C = 128 + signal.SIGTERM, 128 + signal.SIGINT  # as a shell reports them
 
@@ -28,14 +27,6 @@ def last_checkpoint(trainer: Trainer) -> Path:
     folder = getattr(trainer.checkpoint_callback, "dirpath", None)
     folder = folder or Path(trainer.default_root_dir) / "checkpoints"
     return Path(folder) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-
-
-def resume_command(checkpoint: Path) -> str:
-    """The train.py command line that resumes this run from ``checkpoint``."""
-    overrides = ["<overrides>"]
-    if HydraConfig.initialized():
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-    return shlex.join(["python", "train.py", *overrides, f"ckpt_path={checkpoint}"])
 
 
 class StopOnNonFiniteLoss(Callback):
@@ -78,7 +69,7 @@ class StopOnNonFiniteLoss(Callback):
 
 
 class LastCheckpoint(Callback):
-    """Save ``last.ckpt`` whenever fitting stops, and resume from it exactly (``ckpt_path=``).
+    """Save ``last.ckpt`` whenever fitting stops, and resume from it exactly (``resume=``).
 
     SIGTERM: Lightning finishes the current step and raises ``SIGTERMException`` where the loops,
     the LR schedule and the data stream agree; the checkpoint is saved there and the run exits
@@ -125,7 +116,7 @@ class LastCheckpoint(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore_sigint()
         if trainer.global_step > 0 and not trainer.fast_dev_run:
-            trainer.save_checkpoint(last_checkpoint(trainer))
+            trainer.save_checkpoint(last_checkpoint(trainer), weights_only=False)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._restore_sigint()
@@ -142,7 +133,7 @@ class LastCheckpoint(Callback):
         fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
         if not fitting or trainer.global_step == 0 or trainer.fast_dev_run:
             return
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)
         if trainer.is_global_zero:
             print(
                 f"Stopped by {'Ctrl-C' if self.ctrl_c else 'SIGTERM'} at step "

@@ -19,6 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from dfn.errors import InputError
 from dfn.models.predictor import DynamicFilterPredictor
+from dfn.run.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointIdentity,
+    check_checkpoint,
+    read_checkpoint,
+)
+from dfn.run.runs import record_resume, write_text_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("DFN_ROOT", str(PROJECT_ROOT))  # configs/paths resolves outputs/ from here
@@ -80,17 +87,25 @@ def check_reach(datamodule: L.LightningDataModule, model: L.LightningModule) -> 
         )
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """Instantiate in a fixed order: data, model, callbacks, loggers, trainer."""
+def build(
+    cfg: DictConfig, checkpoint: dict | None = None
+) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """Instantiate in a fixed order: data, model, callbacks, loggers, trainer. ``checkpoint``,
+    read from ``cfg.ckpt_path``, is checked against the model before anything else is built."""
     check_config(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the saved config
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, cfg.ckpt_path, cfg.name, model)
     check_reach(datamodule, model)
     # A group entry set to null (callbacks.progress_bar=null) switches that piece off.
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks.append(CheckpointIdentity(cfg.name))  # not a config option: checked on loading
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
     return datamodule, model, trainer
 
 
@@ -112,12 +127,14 @@ def device_name(trainer: L.Trainer) -> str:
 
 
 def write_metrics(output_dir: str | Path, metrics: dict, name: str = "metrics.json") -> Path:
-    """Write ``metrics`` as JSON, all or nothing."""
+    """Write ``metrics`` as JSON, all or nothing. Where the file exists (a resumed run), its
+    content goes to the end of the new one's ``history``: the latest fit at the top level, the
+    earlier ones in order below it."""
     path = Path(output_dir) / name
-    tmp = path.with_name(f".{name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        metrics = {**metrics, "history": [*earlier.pop("history", []), earlier]}
+    return write_text_atomic(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def scalars(metrics: dict) -> dict[str, float]:
@@ -135,9 +152,18 @@ def finish(trainer: L.Trainer, output_dir: Path, metrics: dict) -> dict:
 def fit_and_test(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, and write metrics.json in the run folder."""
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    datamodule, model, trainer = build(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    resumed = read_checkpoint(ckpt_path) if ckpt_path else None
+    datamodule, model, trainer = build(cfg, resumed)
+    if resumed is not None and 0 <= trainer.max_steps <= resumed["global_step"]:
+        raise InputError(
+            f"{ckpt_path} is at step {resumed['global_step']}, and trainer.max_steps="
+            f"{trainer.max_steps}: nothing is left to train; give a larger trainer.max_steps"
+        )
+    if cfg.get("resume") and trainer.is_global_zero:
+        record_resume(output_dir, cfg)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {
         "experiment": cfg.name,
         "parameters": model.num_parameters,
@@ -145,6 +171,8 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "train_wall_time_s": round(time.perf_counter() - start, 2),
         "device": device_name(trainer),
     }
+    if ckpt_path:
+        metrics["resumed_from"] = str(Path(ckpt_path).resolve())
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["val/loss_best"] = float(checkpoint.best_model_score)
@@ -159,11 +187,11 @@ def fit_and_test(cfg: DictConfig) -> dict:
 def evaluate(cfg: DictConfig) -> dict:
     """Test the checkpoint ``cfg.ckpt_path`` on the experiment's test set; write metrics.json."""
     ckpt_path = cfg.get("ckpt_path")
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        raise InputError(f"ckpt_path must name a checkpoint file, got {ckpt_path!r}")
+    if not ckpt_path:
+        raise InputError("give the checkpoint to evaluate: run=<run folder> or ckpt_path=<file>")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    datamodule, model, trainer = build(cfg)
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt_path)
+    datamodule, model, trainer = build(cfg, checkpoint)
     metrics = {
         "experiment": cfg.name,
         "parameters": model.num_parameters,
@@ -171,6 +199,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "checkpoint": str(Path(ckpt_path).resolve()),
         "device": device_name(trainer),
     }
+    if cfg.get("run"):
+        metrics["run"] = cfg.run
     test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics.update(scalars(test[0]))
     return finish(trainer, output_dir, metrics)

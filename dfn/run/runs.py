@@ -1,0 +1,146 @@
+"""Run folders that describe themselves: ``train.py resume=<run>`` continues a run in its own
+folder with its saved config, ``eval.py run=<run>`` evaluates it with that config, and the other
+overrides on the command line go on top and into the run's record."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig, OmegaConf
+
+from dfn.errors import InputError
+from dfn.run.cli import reporting_user_errors
+
+RUN_CONFIG = Path(".hydra") / "config.yaml"  # the composed config Hydra saves in a run folder
+# The key that names a run on the command line -> the config in configs/ that composes it.
+RUN_KEYS = {"resume": "resume", "run": "eval_run"}
+OPTION = re.compile(r"[\w./-]+")  # a config group option, not a sweep or an interpolation
+
+
+def run_folder(path: Path) -> Path | None:
+    """The run folder that ``path`` is, or that holds the checkpoint ``path``
+    (``<run>/checkpoints/<name>.ckpt``); None if there is none."""
+    candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
+    return next((folder for folder in candidates if (folder / RUN_CONFIG).is_file()), None)
+
+
+def hydra_string(value: str) -> str:
+    """``value`` quoted for a Hydra override, so that commas, spaces and quotes in a path stay
+    in it. Hydra's grammar escapes a quote, and the backslashes before a quote or the end."""
+    escaped = re.sub(r"(\\*)('|\Z)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), value)
+    return f"'{escaped}'"
+
+
+def check_choices(overrides: list[str], configs: Path) -> None:
+    """A config group option that does not exist (``experiment=moving_mnistt``) is one line."""
+    for override in overrides:
+        name, _, option = override.partition("=")
+        group = configs / name.lstrip("+")
+        if name.startswith("hydra") or not group.is_dir() or not OPTION.fullmatch(option):
+            continue  # Hydra's own groups take options from its plugins too
+        if option != "null" and not (group / f"{option}.yaml").is_file():
+            options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+            raise InputError(f"{override}: no such config; configs/{group.name}/ has {options}")
+
+
+def command_line(argv: list[str], key: str, configs: Path) -> list[str]:
+    """``argv`` for Hydra, checked. ``key=<run folder, or a checkpoint in one>`` (train.py's
+    ``resume``, eval.py's ``run``) becomes the options that compose the run's saved config
+    (configs/resume.yaml, configs/eval_run.yaml) from that checkpoint, ``last.ckpt`` for a
+    folder; the other overrides apply on top."""
+    overrides = [arg for arg in argv[1:] if not arg.startswith("-")]
+    check_choices(overrides, configs)
+    given = [arg for arg in overrides if arg.startswith(f"{key}=")]
+    if not given:
+        return argv
+    value = given[-1].partition("=")[2]
+    path = Path(value).expanduser().resolve()
+    if not path.exists():
+        raise InputError(f"{key}={value}: no such run folder or checkpoint")
+    run = run_folder(path)
+    if run is None:
+        raise InputError(f"{key}={value}: not a run folder (no {RUN_CONFIG} in it)")
+    checkpoint = path if path.is_file() else run / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise InputError(
+            f"{key}={value}: the run has no {checkpoint.relative_to(run)}; it stopped before its "
+            "first checkpoint, so start it again"
+        )
+    for override in overrides:
+        name = override.partition("=")[0].lstrip("+~")
+        if name == "ckpt_path":
+            raise InputError(
+                f"{key}= names the checkpoint ({key}=<run>/checkpoints/<file>.ckpt); "
+                f"leave out {override}"
+            )
+        if (configs / name).is_dir():
+            raise InputError(
+                f"{override}: {key}= uses the run's composed config, where no config group can be "
+                "chosen; set values instead (e.g. trainer.accelerator=gpu)"
+            )
+    return [
+        argv[0],
+        f"--config-name={RUN_KEYS[key]}",
+        f"hydra.searchpath=[{hydra_string(f'file://{run / RUN_CONFIG.parent}')}]",
+        f"++{key}={hydra_string(str(run))}",
+        f"ckpt_path={hydra_string(str(checkpoint))}",
+        *(arg for arg in argv[1:] if arg not in given),
+    ]
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path``, all or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def record_resume(run: Path, cfg: DictConfig) -> None:
+    """Keep a resumed run's folder describing it: ``.hydra/config.yaml`` becomes the config it
+    continues with, and this command line's overrides go at the end of ``.hydra/overrides.yaml``
+    (which then replays the whole run's configuration)."""
+    hydra_dir = run / RUN_CONFIG.parent
+    plumbing = {*RUN_KEYS, "ckpt_path"}  # what command_line adds
+    overrides = HydraConfig.get().overrides.task
+    new = [o for o in overrides if o.lstrip("+").split("=")[0] not in plumbing]
+    record = hydra_dir / "overrides.yaml"
+    earlier = list(OmegaConf.load(record)) if record.is_file() else []
+    write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text_atomic(record, OmegaConf.to_yaml(OmegaConf.create([*earlier, *new])))
+
+
+def resume_command(checkpoint: Path) -> str:
+    """The train.py command line that resumes this run from ``checkpoint``."""
+    run = run_folder(checkpoint)
+    if run is not None:
+        target = run if checkpoint == run / "checkpoints" / "last.ckpt" else checkpoint
+        return shlex.join(["python", "train.py", f"resume={target}"])
+    overrides = ["<overrides>"]  # no saved config (hydra.output_subdir=null): repeat them
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+    return shlex.join(["python", "train.py", *overrides, f"ckpt_path={checkpoint}"])
+
+
+class CreateRunFolder(HydraCallback):
+    """Create the run or sweep folder before Hydra does, so that one that cannot be created
+    (an unwritable or missing disk, a file in the way) is one line, not a traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        create_folder(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        create_folder(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def create_folder(folder: str, key: str) -> None:
+    with reporting_user_errors():
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the run folder {key}={folder}: {e.strerror}") from e
