@@ -602,8 +602,13 @@ def sample_figures(rows: list[Row], figures: Path) -> dict[str, list[Path]]:
         run = next((r for r in row.runs if r.config is not None and r.checkpoint), None)
         if run is None:
             continue
+        try:
+            images = task_images(run.config, run.checkpoint)
+        except InputError as e:  # its data is not here: a user's data.path, run elsewhere
+            print(f"report: no sample figures for {row.label}: {e}", file=sys.stderr)
+            continue
         paths = written.setdefault(row.label, [])
-        for tag, image in task_images(run.config, run.checkpoint).items():
+        for tag, image in images.items():
             path = figures / f"{row.label}_{tag.rsplit('/', 1)[-1]}.png"
             save_image(image.float() / 255 if image.dtype == torch.uint8 else image, path)
             paths.append(path)

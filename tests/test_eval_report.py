@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -362,3 +363,17 @@ def test_full_report_on_run_folders_without_checkpoints(claim_runs, tmp_path):
     assert not list((tmp_path / "figures").glob("*.png"))
     command = "python train.py experiment=highway data.path=outputs/data/clip data.batch_size=8"
     assert f"`{command} seed=1`" in text
+
+
+def test_report_skips_the_figures_of_a_run_whose_data_is_elsewhere(smoke_runs, tmp_path, capsys):
+    """A run folder kept without its data (docs/runs/ of a user's data.path): its checkpoint is
+    here, its test files are not. The report is written without that run's sample figures."""
+    moved = tmp_path / "stereo_run"
+    shutil.copytree(smoke_runs["stereo"], moved, ignore=shutil.ignore_patterns("checkpoints"))
+    config = OmegaConf.load(moved / ".hydra" / "config.yaml")
+    config.data.path = str(tmp_path / "elsewhere")
+    OmegaConf.save(config, moved / ".hydra" / "config.yaml")
+    report = load_script()
+    text = report.main([str(moved), "--out", str(tmp_path / "R.md")]).read_text()
+    assert "| 00_stereo |" in text and "00_stereo_" not in text
+    assert "report: no sample figures for 00_stereo: " in capsys.readouterr().err
