@@ -465,7 +465,13 @@ def evidence_steps(claim: Claim, item: Evidence) -> str:
 def evidence_setup(item: Evidence) -> str:
     """The overrides that set its test setup, as the DFN's (or the baseline's) command gave them."""
     run = (item.dfn or item.baseline)[0]
-    chosen = [o for o in run.configuration if o.lstrip("+~").startswith(("data.", "trainer.prec"))]
+    ignored = tuple(f"data.{key}=" for key in NOT_SETUP)
+    chosen = [
+        o
+        for o in run.configuration
+        if o.lstrip("+~").startswith(("data.", "trainer.prec"))
+        and not o.lstrip("+~").startswith(ignored)
+    ]
     return f"`{' '.join(chosen)}`" if chosen else "defaults"
 
 
