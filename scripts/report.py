@@ -610,8 +610,11 @@ def sample_figures(rows: list[Row], figures: Path) -> dict[str, list[Path]]:
             continue
         try:
             images = task_images(run.config, run.checkpoint)
-        except InputError as e:  # its data is not here: a user's data.path, run elsewhere
-            print(f"report: no sample figures for {row.label}: {e}", file=sys.stderr)
+        except Exception as e:
+            # A kept run (docs/runs/) whose data is elsewhere, or whose config or checkpoint
+            # predates this code: its numbers stand, only its figures are left out.
+            error = " ".join(str(e).split())  # one line
+            print(f"report: no sample figures for {row.label}: {error}", file=sys.stderr)
             continue
         paths = written.setdefault(row.label, [])
         for tag, image in images.items():

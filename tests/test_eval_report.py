@@ -365,13 +365,23 @@ def test_full_report_on_run_folders_without_checkpoints(claim_runs, tmp_path):
     assert f"`{command} seed=1`" in text
 
 
-def test_report_skips_the_figures_of_a_run_whose_data_is_elsewhere(smoke_runs, tmp_path, capsys):
-    """A run folder kept without its data (docs/runs/ of a user's data.path): its checkpoint is
-    here, its test files are not. The report is written without that run's sample figures."""
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("data.path", "elsewhere"),  # the data of a user's data.path, kept on another machine
+        ("model.predictor.renamed_option", 1),  # a config older than the code
+    ],
+)
+def test_report_leaves_out_the_figures_of_a_run_it_cannot_rebuild(
+    smoke_runs, tmp_path, capsys, change
+):
+    """A kept run folder (docs/runs/) whose checkpoint is here but whose data or config this
+    checkout cannot use: the report is written, without that run's sample figures."""
     moved = tmp_path / "stereo_run"
     shutil.copytree(smoke_runs["stereo"], moved, ignore=shutil.ignore_patterns("checkpoints"))
     config = OmegaConf.load(moved / ".hydra" / "config.yaml")
-    config.data.path = str(tmp_path / "elsewhere")
+    key, value = change
+    OmegaConf.update(config, key, str(tmp_path / value) if key == "data.path" else value)
     OmegaConf.save(config, moved / ".hydra" / "config.yaml")
     report = load_script()
     text = report.main([str(moved), "--out", str(tmp_path / "R.md")]).read_text()
