@@ -19,8 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from dfn.errors import InputError
 from dfn.ops.cpp import cpu_model
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-os.environ.setdefault("DFN_ROOT", str(PROJECT_ROOT))  # configs/paths resolves outputs/ from here
 log = logging.getLogger(__name__)
 
 
