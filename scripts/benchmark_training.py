@@ -10,9 +10,10 @@ A variant is settings joined by ``+`` (``bf16+channels_last``). Each builds the 
 model from its config (the same seed, the same batch) and runs one warm-up step; then ``--rounds``
 rounds each time ``--steps`` steps of every variant, in an order that rotates from round to round,
 so that a machine's changing load falls on all of them alike. The table gives the median step
-time and the interquartile range of all its steps, and the speed-up over the first variant: the
-median, and the range, over the rounds of the first variant's median step time in that round
-divided by this one's.
+time and the interquartile range of all its steps, the median process CPU time of a step (all
+threads), and the speed-up over the first variant: the median, and the range, over the rounds of
+the first variant's median step time in that round divided by this one's, and in how many rounds
+this one was the faster.
 
 ``fp32`` is the float32 model with the config's filter op (``impl="auto"``) and ``channels_last``
 off; ``channels_last`` turns it on, as the video and stereo configs do. ``unfold``, ``shift``,
@@ -121,12 +122,13 @@ def prepare_variant(
     return step
 
 
-def time_steps(step, steps: int) -> list[float]:
+def time_steps(step, steps: int) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) of each of ``steps`` steps."""
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start, time.process_time() - start_cpu))
     return times
 
 
@@ -199,24 +201,29 @@ def main() -> None:
     if on_gpu:  # CUDA context, cuDNN's algorithm search, the allocator: not the first variant's
         prepare_variant(cfg, batch, device)
     steps = {name: prepare_variant(cfg, batch, device, **settings[name]) for name in names}
-    # times[name][r]: the step times of round r
-    times: dict[str, list[list[float]]] = {name: [] for name in names}
+    # times[name][r]: (wall, CPU) seconds of each step of round r
+    times: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in names}
     for round_ in range(args.rounds):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             times[name].append(time_steps(steps[name], args.steps))
     print(f"- load average after: {load_average()}\n")
     print(
-        "| variant | s / step | IQR | it / s | speed-up | its range over the rounds |\n"
-        "|---|---|---|---|---|---|"
+        "| variant | s / step | IQR | CPU s / step | it / s | speed-up | its range over the rounds "
+        "| rounds faster |\n|---|---|---|---|---|---|---|---|"
     )
-    first = [statistics.median(round_) for round_ in times[names[0]]]
+
+    def round_medians(name: str) -> list[float]:
+        return [statistics.median(wall for wall, _ in round_) for round_ in times[name]]
+
     for name in names:
-        q1, median, q3 = quartiles([t for round_ in times[name] for t in round_])
+        q1, median, q3 = quartiles([wall for round_ in times[name] for wall, _ in round_])
+        cpu = statistics.median(c for round_ in times[name] for _, c in round_)
         # against the first variant in the same round, which saw about the same load
-        ratios = [f / statistics.median(r) for f, r in zip(first, times[name], strict=True)]
+        ratios = [f / t for f, t in zip(round_medians(names[0]), round_medians(name), strict=True)]
+        faster = "" if name == names[0] else f"{sum(r > 1 for r in ratios)} of {len(ratios)}"
         print(
-            f"| {name} | {median:.3f} | {q1:.3f}-{q3:.3f} | {1 / median:.2f} | "
-            f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} |"
+            f"| {name} | {median:.3f} | {q1:.3f}-{q3:.3f} | {cpu:.3f} | {1 / median:.2f} | "
+            f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | {faster} |"
         )
 
 

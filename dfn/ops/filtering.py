@@ -8,11 +8,13 @@ and the output has the input's spatial size.
 ``dynamic_local_filter`` has four implementations behind one signature (``impl``):
 ``"reference"`` unfolds the input (kh*kw copies of it; simple, the one the others are tested
 on), ``"shift"`` accumulates kh*kw shifted products with one PyTorch op per tap and never
-unfolds (any device; the CPU fallback), ``"cpp"`` computes the same sums in a compiled CPU kernel
-(``dfn/ops/csrc/local_filter.cpp``, built on first use) that makes one pass over the filters per
-forward and one per backward, ``"triton"`` runs the kernels of ``dfn.ops.triton_filtering`` (CUDA).
-``"auto"`` picks the fastest measured: on CPU, cpp when it builds, otherwise shift (with a
-warning); on CUDA, Triton when it imports, otherwise the reference. docs/PERFORMANCE.md has the
+unfolds (any device; the least memory without a kernel), ``"cpp"`` computes the same sums in a
+compiled CPU kernel (``dfn.ops.cpp``: ``csrc/local_filter.cpp``, built on first use) that makes
+one pass over the filters per forward and one per backward, ``"triton"`` runs the kernels of
+``dfn.ops.triton_filtering`` (CUDA). ``"auto"`` picks what made the paper's training steps
+fastest end to end: on CPU the C++ kernel (5 to 13% faster steps than the reference; shift's
+per-tap ops were slower than both), or the reference, with a warning, where it cannot be built;
+on CUDA Triton, or the reference where Triton does not import. docs/PERFORMANCE.md has the
 measurements.
 """
 
@@ -96,8 +98,8 @@ def triton_available() -> bool:
 @functools.cache
 def _warn_no_cpp(problem: str) -> None:
     warnings.warn(
-        f"impl='auto' on CPU uses the slower 'shift' implementation of the dynamic local filter: "
-        f"its C++ kernel ({cpp.SOURCE}) is not available: {problem}",
+        f"impl='auto' on CPU uses the slower 'reference' implementation of the dynamic local "
+        f"filter: its C++ kernel ({cpp.SOURCE}) is not available: {problem}",
         RuntimeWarning,
         stacklevel=4,
     )
@@ -114,8 +116,9 @@ def _resolve_impl(impl: str, x: Tensor) -> str:
         problem = cpp.build_problem()
         if problem is None:
             return "cpp"
+        # not shift: its per-tap ops made training steps slower than the reference's
         _warn_no_cpp(problem)
-        return "shift"
+        return "reference"
     if impl == "cpp":
         if x.device.type != "cpu":
             raise ValueError(f"impl='cpp' needs CPU tensors, got x on {x.device}")
