@@ -22,7 +22,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -34,7 +33,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from dfn.ops.filtering import cpp_available, dynamic_local_filter, triton_available
+from dfn.ops.cpp import cpp_available, cpu_model
+from dfn.ops.filtering import dynamic_local_filter, triton_available
 
 MB = 1e6
 
@@ -219,17 +219,6 @@ def peak_extra_memory(call: Callable[[], None], inputs, device: torch.device) ->
 def quartiles(samples: list[float]) -> tuple[float, float, float]:
     q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
     return q1, median, q3
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -1,43 +1,68 @@
-"""Iterations per second of a full training step (rollout forward, backward, Adam) under
-several settings that keep the maths, measured in one process against the float32 default.
+"""Seconds per full training step (rollout forward, backward, Adam) under settings that keep
+the maths, measured in one process against the first setting given.
 
     python scripts/benchmark_training.py experiment=moving_mnist --batch-size 4 --steps 3
     python scripts/benchmark_training.py experiment=highway --variants fp32,bf16
+    python scripts/benchmark_training.py experiment=stereo --variants unfold,shift,cpp --rounds 5
     python scripts/benchmark_training.py --device cuda --batch-size 16 --variants fp32,unfold,bf16
 
-Each variant builds the experiment's real model from its config (the same seed, the same
-batch), runs one warm-up step, then times ``--steps`` steps; the table gives the median step
-time and the speed-up over float32. ``unfold`` swaps the dynamic filter's fast implementation
-for the unfold reference, to show what the fast op buys in a whole step. ``cuda_graph`` (CUDA
-only) captures the whole step, Adam included (``capturable=True``), in one CUDA graph after
-three warm-up steps on a side stream, and replays it, copying the batch into the graph's input
-first: what a step costs without Python and kernel launches (PyTorch's "whole network capture").
+A variant is settings joined by ``+`` (``bf16+channels_last``). Each builds the experiment's real
+model from its config (the same seed, the same batch) and runs one warm-up step; then ``--rounds``
+rounds each time ``--steps`` steps of every variant, in an order that rotates from round to round,
+so that a machine's changing load falls on all of them alike. The table gives the median step
+time and the interquartile range of all its steps, the median process CPU time of a step (all
+threads), and the speed-up over the first variant: the median, and the range, over the rounds of
+the first variant's median step time in that round divided by this one's, and in how many rounds
+this one was the faster.
+
+``fp32`` is the float32 model with the config's filter op (``impl="auto"``) and ``channels_last``
+off; ``channels_last`` turns it on, as the video and stereo configs do. ``unfold``, ``shift``,
+``cpp`` and ``triton`` set the dynamic filter's ``impl`` (``unfold`` is the reference), to show
+what each buys in a whole step. ``cuda_graph`` (CUDA only) captures the whole step, Adam included
+(``capturable=True``), in one CUDA graph after three warm-up steps on a side stream, and replays
+it, copying the batch into the graph's input first: what a step costs without Python and kernel
+launches (PyTorch's "whole network capture").
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 from contextlib import nullcontext
+from datetime import datetime
+from pathlib import Path
 
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
 
-from dfn.run.experiment import PROJECT_ROOT
+from dfn.ops.cpp import cpu_model
 
-VARIANTS = {
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# the settings a variant joins with "+"
+SETTINGS = {
     "fp32": {},
     "channels_last": {"channels_last": True},
     "bf16": {"bf16": True},
-    "bf16+channels_last": {"bf16": True, "channels_last": True},
     "compile": {"compile": True},
-    "bf16+compile": {"bf16": True, "compile": True},
     "unfold": {"impl": "reference"},
+    "shift": {"impl": "shift"},
+    "cpp": {"impl": "cpp"},
+    "triton": {"impl": "triton"},
     "cuda_graph": {"graph": True},
 }
+
+
+def variant_settings(name: str) -> dict:
+    settings = {}
+    for part in name.split("+"):
+        if part not in SETTINGS:
+            raise SystemExit(f"unknown setting {part!r} in {name!r}; known: {', '.join(SETTINGS)}")
+        settings |= SETTINGS[part]
+    return settings
 
 
 def make_batch(cfg, batch_size: int, device: torch.device) -> object:
@@ -75,10 +100,11 @@ def make_train_step(model, optimizer, autocast=None):
     return train_step
 
 
-def time_variant(
-    cfg, batch, steps: int, device: torch.device,
+def prepare_variant(
+    cfg, batch, device: torch.device,
     channels_last=False, bf16=False, compile=False, impl=None, graph=False,
 ):  # fmt: skip
+    """The variant's model, its optimizer and a timed-ready step, after one warm-up step."""
     if graph and device.type != "cuda":
         raise SystemExit("the cuda_graph variant needs --device cuda")
     model = build_model(cfg, device, channels_last, compile, impl)
@@ -94,12 +120,17 @@ def time_variant(
     if graph:
         step = captured_step(train_step, batch, device)
     step()  # warm-up (and compilation)
+    return step
+
+
+def time_steps(step, steps: int) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) of each of ``steps`` steps."""
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append((time.perf_counter() - start, time.process_time() - start_cpu))
+    return times
 
 
 def captured_step(train_step, batch, device: torch.device):
@@ -130,36 +161,70 @@ def captured_step(train_step, batch, device: torch.device):
     return replay
 
 
+def quartiles(samples: list[float]) -> tuple[float, float, float]:
+    if len(samples) == 1:
+        return samples[0], samples[0], samples[0]
+    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def load_average() -> str:
+    return " ".join(f"{load:.1f}" for load in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", default=["experiment=moving_mnist"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--variants", default="fp32,channels_last,bf16,bf16+channels_last")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with initialize_config_dir(str(PROJECT_ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)
     device = torch.device(args.device)
     batch = make_batch(cfg, args.batch_size, device)
+    names = args.variants.split(",")
+    settings = {name: variant_settings(name) for name in names}
     on_gpu = device.type == "cuda"
-    where = torch.cuda.get_device_name(device) if on_gpu else f"{args.threads} threads"
+    where = f"{cpu_model()}, {args.threads} threads"
+    if on_gpu:
+        where = torch.cuda.get_device_name(device)
     print(
         f"# {' '.join(args.overrides)}, batch {args.batch_size}, {where}, "
-        f"torch {torch.__version__}, median of {args.steps} steps"
+        f"torch {torch.__version__}, {datetime.now():%Y-%m-%d %H:%M}; "
+        f"{args.rounds} rounds of {args.steps} steps per variant\n"
+        f"- load average before: {load_average()}"
     )
-    print("| variant | s / step | it / s | speed-up |\n|---|---|---|---|")
     if on_gpu:  # CUDA context, cuDNN's algorithm search, the allocator: not the first variant's
-        time_variant(cfg, batch, 1, device)
-    reference = None
-    for name in args.variants.split(","):
-        seconds = time_variant(cfg, batch, args.steps, device, **VARIANTS[name])
-        reference = reference or seconds
+        prepare_variant(cfg, batch, device)
+    steps = {name: prepare_variant(cfg, batch, device, **settings[name]) for name in names}
+    # times[name][r]: (wall, CPU) seconds of each step of round r
+    times: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in names}
+    for round_ in range(args.rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            times[name].append(time_steps(steps[name], args.steps))
+    print(f"- load average after: {load_average()}\n")
+    print(
+        "| variant | s / step | IQR | CPU s / step | it / s | speed-up | its range over the rounds "
+        "| rounds faster |\n|---|---|---|---|---|---|---|---|"
+    )
+
+    def round_medians(name: str) -> list[float]:
+        return [statistics.median(wall for wall, _ in round_) for round_ in times[name]]
+
+    for name in names:
+        q1, median, q3 = quartiles([wall for round_ in times[name] for wall, _ in round_])
+        cpu = statistics.median(c for round_ in times[name] for _, c in round_)
+        # against the first variant in the same round, which saw about the same load
+        ratios = [f / t for f, t in zip(round_medians(names[0]), round_medians(name), strict=True)]
+        faster = "" if name == names[0] else f"{sum(r > 1 for r in ratios)} of {len(ratios)}"
         print(
-            f"| {name} | {seconds:.3f} | {1 / seconds:.2f} | {reference / seconds:.2f}x |",
-            flush=True,
+            f"| {name} | {median:.3f} | {q1:.3f}-{q3:.3f} | {cpu:.3f} | {1 / median:.2f} | "
+            f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | {faster} |"
         )
 
 

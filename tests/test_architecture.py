@@ -74,3 +74,39 @@ def test_the_check_sees_an_upward_import(tmp_path):
     bad.write_text("import torch\nfrom dfn.tasks.video import VideoPredictionTask\n")
     assert project_imports(bad) == {"dfn.tasks.video"}
     assert layer_of("dfn.tasks.video") not in ALLOWED["datamodules"]
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The project modules (of ``modules``) a file imports; ``from package import module`` names
+    the module."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {
+                f"{node.module}.{alias.name}"
+                if f"{node.module}.{alias.name}" in modules
+                else node.module
+                for alias in node.names
+            }
+    return found & modules
+
+
+def test_no_two_modules_import_each_other():
+    """Within a layer too, imports go one way (lazy ones included): no cycle of modules."""
+    paths = {module_name(p): p for p in SOURCES if p.parent != ROOT}
+    graph = {name: imported_modules(path, set(paths)) - {name} for name, path in paths.items()}
+    done: set[str] = set()
+
+    def visit(name: str, chain: list[str]) -> None:
+        if name in chain:
+            cycle = [*chain[chain.index(name) :], name]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if name not in done:
+            for imported in sorted(graph[name]):
+                visit(imported, [*chain, name])
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])

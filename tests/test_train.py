@@ -115,11 +115,11 @@ def test_non_numeric_learning_rate_is_refused(compose_cfg):
         fit_and_test(cfg)
 
 
-def run_train(*overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+def run_train(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "DFN_ROOT")}
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *overrides],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         env=env,
@@ -148,12 +148,35 @@ def test_cli_overrides_reach_the_optimizer(compose_cfg):
     assert isinstance(hydra.utils.instantiate(cfg.model).configure_optimizers(), torch.optim.Adam)
 
 
-def test_runs_sweeps_and_data_go_under_the_project_outputs_folder():
+def test_runs_go_under_outputs_in_the_directory_train_py_is_run_from(tmp_path):
+    """Hydra makes the run folder before the run starts, so a refused config leaves one there."""
+    result = run_train("experiment=steerable", "model.optimizer.lr=fast", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert run_dir.name.endswith("_steerable") and (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def compose_paths(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=steerable"], return_hydra_config=True)
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
     GlobalHydra.instance().clear()
-    outputs = (ROOT / "outputs").resolve()
+    return cfg
+
+
+@pytest.mark.parametrize("root", ["cwd", "DFN_ROOT", "paths.root_dir"])
+def test_runs_sweeps_and_data_go_under_one_outputs_folder(tmp_path, monkeypatch, root):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DFN_ROOT", raising=False)
+    overrides = ["experiment=steerable"]
+    outputs = tmp_path / "outputs"
+    if root == "DFN_ROOT":
+        monkeypatch.setenv("DFN_ROOT", str(tmp_path / "env"))
+        outputs = tmp_path / "env" / "outputs"
+    elif root == "paths.root_dir":
+        overrides.append(f"paths.root_dir={tmp_path / 'override'}")
+        outputs = tmp_path / "override" / "outputs"
+    cfg = compose_paths(overrides)
     run_dir = Path(cfg.hydra.run.dir).resolve()
     assert run_dir.parent == outputs / "runs" and run_dir.name.endswith("_steerable")
     assert Path(cfg.hydra.sweep.dir).resolve().parent == outputs / "multirun"

@@ -8,24 +8,22 @@ and the output has the input's spatial size.
 ``dynamic_local_filter`` has four implementations behind one signature (``impl``):
 ``"reference"`` unfolds the input (kh*kw copies of it; simple, the one the others are tested
 on), ``"shift"`` accumulates kh*kw shifted products with one PyTorch op per tap and never
-unfolds (any device; the CPU fallback), ``"cpp"`` computes the same sums in a compiled CPU kernel
-(``dfn/ops/csrc/local_filter.cpp``, built on first use) that makes one pass over the filters per
-forward and one per backward, ``"triton"`` runs the kernels of ``dfn.ops.triton_filtering`` (CUDA).
-``"auto"`` picks the fastest measured: on CPU, cpp when it builds, otherwise shift (with a
-warning); on CUDA, Triton when it imports, otherwise the reference. docs/PERFORMANCE.md has the
+unfolds (any device; the least memory without a kernel), ``"cpp"`` computes the same sums in a
+compiled CPU kernel (``dfn.ops.cpp``: ``csrc/local_filter.cpp``, built on first use) that makes
+one pass over the filters per forward and one per backward, ``"triton"`` runs the kernels of
+``dfn.ops.triton_filtering`` (CUDA). ``"auto"`` picks what made the paper's training steps
+fastest end to end: on CPU the C++ kernel (5 to 13% faster steps than the reference; shift's
+per-tap ops were slower than both), or the reference, with a warning, where it cannot be built;
+on CUDA Triton, or the reference where Triton does not import. docs/PERFORMANCE.md has the
 measurements.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import logging
 import os
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
@@ -33,12 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from dfn.ops import cpp
+
 Impl = Literal["auto", "reference", "shift", "cpp", "triton"]
 IMPLS = ("auto", "reference", "shift", "cpp", "triton")
 # an odd size, the same both ways (9) or (height, width) ((1, 13): the stereo filter)
 KernelSize = int | tuple[int, int] | Sequence[int]
-
-log = logging.getLogger(__name__)
 
 
 def _pair(kernel_size: KernelSize) -> tuple[int, int]:
@@ -101,94 +99,11 @@ def triton_available() -> bool:
     return True
 
 
-_CPP_SOURCE = Path(__file__).resolve().parent / "csrc" / "local_filter.cpp"
-_CPP_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
-
-
-def _cpu_signature() -> str:
-    """The CPU's model and instruction-set flags: a -march=native build is only for that CPU."""
-    found: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                key = line.split(":", 1)[0].strip()
-                if key in ("model name", "flags"):
-                    found.setdefault(key, line)
-    except OSError:
-        pass
-    return "".join(found.values()) or os.uname().machine
-
-
-@functools.cache
-def _cpp_problem() -> str | None:
-    """Build (on first use) and load the C++ CPU kernels; None when loaded, else why not.
-
-    The build is cached by torch (in $TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions)
-    under a name that hashes the source, the flags, torch's version and the CPU, so that a
-    changed source, another torch or another CPU gets a build of its own.
-    """
-    try:
-        source = _CPP_SOURCE.read_bytes()
-    except OSError as error:
-        return f"its source {_CPP_SOURCE} cannot be read ({error})"
-    key = b"\0".join(
-        [
-            source,
-            " ".join(_CPP_FLAGS).encode(),
-            torch.__version__.encode(),
-            _cpu_signature().encode(),
-        ]
-    )
-    name = f"dfn_local_filter_{hashlib.sha256(key).hexdigest()[:12]}"
-    if shutil.which("ninja") is None:
-        # the ninja package (a dependency) puts its binary next to this Python's, which is only
-        # on PATH when the virtual environment is activated
-        try:
-            import ninja
-        except ImportError:
-            return "ninja, which torch needs to build C++ extensions, is not installed"
-        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
-    # importing cpp_extension logs a warning about CUDA_HOME when CUDA is missing: not our case
-    extension_logger = logging.getLogger("torch.utils.cpp_extension")
-    level = extension_logger.level
-    extension_logger.setLevel(logging.ERROR)
-    try:
-        from torch.utils import cpp_extension
-
-        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
-        if not (build_dir / f"{name}.so").exists():
-            log.warning(
-                "compiling the C++ kernels of the dynamic local filter (%s), once for this "
-                "machine; this takes about ten seconds",
-                _CPP_SOURCE.name,
-            )
-        cpp_extension.load(
-            name,
-            [str(_CPP_SOURCE)],
-            extra_cflags=_CPP_FLAGS,
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build_dir),
-            is_python_module=False,
-        )
-    except Exception as error:  # no compiler, a failed build, a library that does not load
-        # the compiler's messages, without its (long) command lines
-        lines = [line for line in str(error).splitlines() if line.strip() and len(line) < 300]
-        return f"building it failed ({type(error).__name__}):\n" + "\n".join(lines[-15:])
-    finally:
-        extension_logger.setLevel(level)
-    return None
-
-
-def cpp_available() -> bool:
-    """Whether the C++ CPU kernels build and load here (building them if not yet built)."""
-    return _cpp_problem() is None
-
-
 @functools.cache
 def _warn_no_cpp(problem: str) -> None:
     warnings.warn(
-        f"impl='auto' on CPU uses the slower 'shift' implementation of the dynamic local filter: "
-        f"its C++ kernel ({_CPP_SOURCE}) is not available: {problem}",
+        f"impl='auto' on CPU uses the slower 'reference' implementation of the dynamic local "
+        f"filter: its C++ kernel ({cpp.SOURCE}) is not available: {problem}",
         RuntimeWarning,
         stacklevel=4,
     )
@@ -202,18 +117,19 @@ def _resolve_impl(impl: str, x: Tensor) -> str:
             # without Triton the unfold reference: on an H200 it beat shift's per-tap launches
             # at every paper shape (docs/PERFORMANCE.md)
             return "triton" if x.is_cuda and triton_available() else "reference"
-        problem = _cpp_problem()
+        problem = cpp.build_problem()
         if problem is None:
             return "cpp"
+        # not shift: its per-tap ops made training steps slower than the reference's
         _warn_no_cpp(problem)
-        return "shift"
+        return "reference"
     if impl == "cpp":
         if x.device.type != "cpu":
             raise ValueError(f"impl='cpp' needs CPU tensors, got x on {x.device}")
-        problem = _cpp_problem()
+        problem = cpp.build_problem()
         if problem is not None:
             raise ValueError(
-                f"impl='cpp': the C++ kernel ({_CPP_SOURCE}) is not available: {problem}"
+                f"impl='cpp': the C++ kernel ({cpp.SOURCE}) is not available: {problem}"
             )
     return impl
 
@@ -341,30 +257,8 @@ def _filter_grad(grad: Tensor, padded: Tensor, filters: Tensor, kh: int, kw: int
     return grad_filters
 
 
-def _cpp_forward(padded: Tensor, filters: Tensor, kh: int, kw: int, out: Tensor) -> None:
-    filters = filters.to(padded.dtype).contiguous()
-    torch.ops.dfn.local_filter_forward(padded, filters, out, kh, kw)
-
-
-def _cpp_backward(
-    grad: Tensor,
-    padded: Tensor,
-    filters: Tensor,
-    kh: int,
-    kw: int,
-    need_filters: bool,
-    need_input: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    filters = filters.to(padded.dtype).contiguous()
-    grad = grad.contiguous()
-    grad_filters = torch.empty_like(filters) if need_filters else filters.new_empty(0)
-    grad_u = torch.zeros_like(grad) if need_input else grad.new_empty(0)
-    torch.ops.dfn.local_filter_backward(grad, padded, filters, grad_filters, grad_u, kh, kw)
-    return (grad_filters if need_filters else None), (grad_u if need_input else None)
-
-
 _SHIFT = _InnerLoops(_shift_forward, _shift_backward, contiguous=False)
-_CPP = _InnerLoops(_cpp_forward, _cpp_backward, contiguous=True)
+_CPP = _InnerLoops(cpp.forward, cpp.backward, contiguous=True)
 
 
 class _ShiftLocalFilter(torch.autograd.Function):
@@ -457,7 +351,7 @@ def dynamic_local_filter(
             raise ValueError("impl='triton' needs the triton package, which does not import here")
         from dfn.ops.triton_filtering import triton_local_filter
 
-        return triton_local_filter(x, filters, (kh, kw), bias)
+        return triton_local_filter(x, filters, (kh, kw), bias, result_dtype(x, filters, bias))
     return _ShiftLocalFilter.apply(x, filters, bias, kh, kw, _CPP if impl == "cpp" else _SHIFT)
 
 

@@ -11,7 +11,8 @@ in float32.
 The tensors are made contiguous before launch, so the kernels take three sizes instead of
 twenty strides: at the paper's shapes a call takes microseconds and the launch is much of it.
 The pixel block size is autotuned once per shape. Importing this module needs Triton; the tests
-run it on CPU with ``TRITON_INTERPRET=1``.
+run it on CPU with ``TRITON_INTERPRET=1``. It imports nothing else of the project:
+``dfn.ops.filtering`` checks the inputs and says which dtype the result has.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-
-from dfn.ops.filtering import result_dtype
 
 MAX_BLOCK_CHANNELS = 4
 if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter runs every config: keep one
@@ -169,9 +168,11 @@ def _flags(x: Tensor, filters: Tensor, bias: Tensor | None) -> dict:
 
 class _TritonLocalFilter(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, filters: Tensor, bias: Tensor | None, kh: int, kw: int) -> Tensor:
+    def forward(
+        ctx, x: Tensor, filters: Tensor, bias: Tensor | None, kh: int, kw: int, dtype: torch.dtype
+    ) -> Tensor:
         c, h, w = x.shape[1:]
-        out = torch.empty(x.shape, dtype=result_dtype(x, filters, bias), device=x.device)
+        out = torch.empty(x.shape, dtype=dtype, device=x.device)
         _forward_kernel[_grid(x)](
             x, x if bias is None else bias, filters, out, c, h, w,
             KH=kh, KW=kw, **_flags(x, filters, bias),
@@ -206,13 +207,18 @@ class _TritonLocalFilter(torch.autograd.Function):
             grad_bias = grad_u.to(bias.dtype)
             if grad_bias is grad_x:  # one tensor must not be the gradient of two inputs
                 grad_bias = grad_bias.clone()
-        return grad_x, grad_filters, grad_bias, None, None
+        return grad_x, grad_filters, grad_bias, None, None, None
 
 
 def triton_local_filter(
-    x: Tensor, filters: Tensor, kernel_size: tuple[int, int], bias: Tensor | None = None
+    x: Tensor,
+    filters: Tensor,
+    kernel_size: tuple[int, int],
+    bias: Tensor | None,
+    dtype: torch.dtype,
 ) -> Tensor:
-    """The Triton implementation of ``dfn.ops.filtering.dynamic_local_filter`` (checked inputs)."""
+    """The Triton implementation of ``dfn.ops.filtering.dynamic_local_filter``, on inputs that
+    it has checked; the result in ``dtype`` (the one it returns, the inputs' promoted together)."""
     x, filters = x.contiguous(), filters.contiguous()
     bias = None if bias is None else bias.contiguous()
-    return _TritonLocalFilter.apply(x, filters, bias, *kernel_size)
+    return _TritonLocalFilter.apply(x, filters, bias, *kernel_size, dtype)

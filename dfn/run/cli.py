@@ -16,7 +16,7 @@ def config_node(error: InstantiationException) -> str | None:
     """The config node whose object Hydra failed to build, e.g. ``model.predictor.filtering``.
 
     Hydra 1.3 has no attribute for it: the node ends the exception's message, after
-    ``full_key:``. tests/test_reliability.py fails if a Hydra release changes that.
+    ``full_key:``. tests/test_frameworks.py fails if a Hydra release changes that.
     """
     _, found, key = str(error).rpartition("\nfull_key: ")
     return key.strip() if found else None

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import time
 from numbers import Number
 from pathlib import Path
@@ -19,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dfn.errors import InputError
 from dfn.models.predictor import DynamicFilterPredictor
+from dfn.ops.cpp import cpu_model
 from dfn.run.checkpoints import (
     AtomicCheckpointIO,
     CheckpointIdentity,
@@ -27,8 +26,6 @@ from dfn.run.checkpoints import (
 )
 from dfn.run.runs import record_resume, write_text_atomic
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-os.environ.setdefault("DFN_ROOT", str(PROJECT_ROOT))  # configs/paths resolves outputs/ from here
 log = logging.getLogger(__name__)
 
 
@@ -113,17 +110,8 @@ def device_name(trainer: L.Trainer) -> str:
     device = trainer.strategy.root_device
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} x{trainer.world_size}"
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
     processes = f" x{trainer.world_size} processes" if trainer.world_size > 1 else ""
-    return f"CPU {cpu}, {torch.get_num_threads()} threads{processes}"
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads{processes}"
 
 
 def write_metrics(output_dir: str | Path, metrics: dict, name: str = "metrics.json") -> Path:
