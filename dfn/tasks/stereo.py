@@ -29,6 +29,7 @@ class StereoPredictionTask(DFNTask):
         self.num_logged = num_logged
         self.test_metrics = PredictionMetrics(["model", "copy_left"], horizon=1)
         self.disparity_error = MeanMetric()
+        self.disparity_bad1 = MeanMetric()  # share of pixels off by more than 1 px
         self.disparity_truth = CatMetric()
 
     def forward(self, left: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -83,7 +84,9 @@ class StereoPredictionTask(DFNTask):
         disparity = self.disparity(filters)
         valid = self.scorable(truth)
         if disparity is not None and valid.any():
-            self.disparity_error.update((disparity - truth)[valid].abs())
+            error = (disparity - truth)[valid].abs()
+            self.disparity_error.update(error)
+            self.disparity_bad1.update((error > 1).float())
             self.disparity_truth.update(truth[valid])
 
     def on_test_epoch_end(self) -> None:
@@ -91,8 +94,11 @@ class StereoPredictionTask(DFNTask):
         if self.disparity_error.update_count:
             truth = self.disparity_truth.compute()
             metrics["model/disparity_epe"] = self.disparity_error.compute()
-            metrics["zero_disparity/disparity_epe"] = truth.abs().mean()
-            metrics["mean_disparity/disparity_epe"] = (truth - truth.mean()).abs().mean()
+            metrics["model/disparity_bad1"] = self.disparity_bad1.compute()
+            for name, error in (("zero", truth.abs()), ("mean", (truth - truth.mean()).abs())):
+                metrics[f"{name}_disparity/disparity_epe"] = error.mean()
+                metrics[f"{name}_disparity/disparity_bad1"] = (error > 1).float().mean()
         self.log_test_metrics(metrics)
         for metric in (self.test_metrics, self.disparity_error, self.disparity_truth):
             metric.reset()
+        self.disparity_bad1.reset()
