@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -58,6 +59,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIEWS = ("left", "right", "disparity")
 CANDIDATES = 4  # texture crops tried per layer; the one with the most contrast is kept
 LEVELS = (1, 2, 4)  # texture scales: full, half and quarter size
+LAYOUTS = ("layers", "ground")
 
 
 # --------------------------------------------------------------------------- textures
@@ -155,6 +157,7 @@ class SceneSettings:
     max_layers: int = 5
     max_disparity: float = 5.0
     max_slant: float = 4.0
+    layout: str = "layers"
 
 
 def _window_coordinates(
@@ -188,6 +191,25 @@ def _texture(textures: Textures, p: dict, j: np.ndarray, y: np.ndarray, u: np.nd
     return textures.sample(p["k"][j], sy, sx)
 
 
+def _standing(
+    s: SceneSettings, n: int, row: np.ndarray, radii: np.ndarray, turn: np.ndarray, ellipse
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Planes (d0, gx, gy) of the ground layout: the background is a floor whose disparity grows
+    from -max_disparity on the top row to max_disparity on the bottom one; every leaf stands on
+    it, upright and facing the camera, at the floor's disparity at its lowest point."""
+    cos, sin = np.abs(np.cos(turn)), np.abs(np.sin(turn))
+    below = np.where(  # from a shape's centre down to its lowest point
+        ellipse,
+        np.hypot(radii[:, 0] * cos, radii[:, 1] * sin),
+        radii[:, 0] * cos + radii[:, 1] * sin,
+    )
+    floor = 2 * s.max_disparity / (s.size - 1)  # disparity per row
+    d0 = np.clip(-s.max_disparity + floor * (row + below), -s.max_disparity, s.max_disparity)
+    d0[0], gx, gy = 0.0, np.zeros(n), np.zeros(n)
+    gy[0] = floor
+    return d0, gx, gy
+
+
 def _layers(rng: np.random.Generator, textures: Textures, s: SceneSettings) -> dict:
     """Random parameters of one scene's layers, background (layer 0) first."""
     n = int(rng.integers(s.min_layers, s.max_layers + 1))
@@ -206,6 +228,8 @@ def _layers(rng: np.random.Generator, textures: Textures, s: SceneSettings) -> d
     radii = rng.uniform(0.08 * size, 0.35 * size, (n, 2))
     turn = rng.uniform(0, np.pi, n)
     ellipse = rng.random(n) < 0.5
+    if s.layout == "ground":
+        d0, gx, gy = _standing(s, n, centre_yx[:, 0], radii, turn, ellipse)
     # textures: of CANDIDATES placements per layer, the one with the most contrast
     tries = _window_coordinates(rng, textures, n * CANDIDATES, s)
     tries["centre"] = (size - 1) / 2
@@ -277,12 +301,21 @@ def _shade(textures: Textures, p: dict, j: np.ndarray, y: np.ndarray, u: np.ndar
     return np.clip(value, 0.0, 1.0)
 
 
-def render_scene(
-    textures: Textures, rng: np.random.Generator, settings: SceneSettings
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One scene, float32 [S, S] each: the left and right views in [0, 1], the right view's
-    disparity (NaN where occluded) and the left view's (known everywhere; ``left(u)`` is seen at
-    ``right(u - d(u))``, the Middlebury convention of ``stereo.right_view_disparity``)."""
+class Scene(NamedTuple):
+    """One scene's [S, S] maps; the first three are a stereo module sample's."""
+
+    left: np.ndarray  # in [0, 1]
+    right: np.ndarray
+    disparity: np.ndarray  # the right view's, NaN where occluded: right(x) ~ left(x + d(x))
+    # the left view's, known everywhere: left(u) is seen at right(u - d(u)), the Middlebury
+    # convention of ``stereo.right_view_disparity``
+    left_disparity: np.ndarray
+    layer: np.ndarray  # the layer the right view shows, by rank of disparity (0: farthest)
+    num_layers: int
+
+
+def render_scene(textures: Textures, rng: np.random.Generator, settings: SceneSettings) -> Scene:
+    """One scene drawn from ``rng``; the maps are float32, ``layer`` int64."""
     s = settings.size
     c = (s - 1) / 2
     p = _layers(rng, textures, settings)
@@ -304,7 +337,9 @@ def render_scene(
     # occluded: another layer is in front of that surface point in the left view
     seen = _front(_covers(p, y, u_front), _left_disparity(p, c, y, u_front)) == front_right
     disparity = np.where(seen, truth, np.nan)
-    return tuple(v.astype(np.float32) for v in (left, right, disparity, d_left))
+    maps = (v.astype(np.float32) for v in (left, right, disparity, d_left))
+    rank = np.argsort(np.argsort(p["d0"]))
+    return Scene(*maps, layer=rank[front_right], num_layers=p["n"])
 
 
 def render_set(textures: Textures, seed: int, count: int, settings: SceneSettings) -> StereoPairs:
@@ -372,6 +407,7 @@ class StereoScenesDataModule(StreamDataModule):
         max_layers: int = 5,
         max_disparity: float = 5.0,
         max_slant: float = 4.0,
+        layout: str = "layers",
         texture_dir: str | None = None,
         val_size: int = 200,
         test_size: int = 1000,
@@ -398,6 +434,8 @@ class StereoScenesDataModule(StreamDataModule):
             "max_disparity", max_disparity, 0.5, crop_size // 4
         )  # fmt: skip
         _check_number("max_slant", max_slant, 0.0, 2 * self.max_disparity)
+        if layout not in LAYOUTS:
+            raise InputError(f"data.layout={layout!r}; expected one of {', '.join(LAYOUTS)}")
         if seed in EVAL_SEEDS.values():
             raise InputError(
                 f"data.seed={seed} is the seed of the fixed validation or test scenes "
@@ -405,7 +443,7 @@ class StereoScenesDataModule(StreamDataModule):
             )
         self.save_hyperparameters()
         self.settings = SceneSettings(
-            crop_size, min_layers, max_layers, self.max_disparity, float(max_slant)
+            crop_size, min_layers, max_layers, self.max_disparity, float(max_slant), layout
         )
         self.texture_dir = texture_dir
         self._textures: dict[str, Textures] | None = None

@@ -45,7 +45,7 @@ def warp_left(left: np.ndarray, disparity: np.ndarray) -> tuple[np.ndarray, np.n
 def test_right_view_is_the_left_view_moved_by_the_ground_truth(textures):
     errors, copy_errors, known = [], [], []
     for i in range(40):
-        left, right, disparity, _ = render_scene(textures, sample_rng(1, i), SceneSettings())
+        left, right, disparity, *_ = render_scene(textures, sample_rng(1, i), SceneSettings())
         warped, inside = warp_left(left, disparity)
         errors.append(np.abs(warped - right)[inside])
         copy_errors.append(np.abs(left - right)[inside])
@@ -60,7 +60,9 @@ def test_right_view_is_the_left_view_moved_by_the_ground_truth(textures):
 def test_occlusions_agree_with_splatting_the_left_disparity(textures):
     """Occluded right-view pixels are those the left view's disparity does not reach."""
     for i in range(10):
-        _, _, disparity, left_disparity = render_scene(textures, sample_rng(2, i), SceneSettings())
+        _, _, disparity, left_disparity, *_ = render_scene(
+            textures, sample_rng(2, i), SceneSettings()
+        )
         splatted = right_view_disparity(left_disparity)
         source = np.arange(64)[None] + np.nan_to_num(disparity)
         inside = (source >= 1) & (source <= 62)  # the splat sees only the left crop
@@ -73,7 +75,7 @@ def test_occlusions_agree_with_splatting_the_left_disparity(textures):
 def test_one_layer_is_a_plane(textures, slant):
     settings = SceneSettings(min_layers=1, max_layers=1, max_disparity=4.0, max_slant=slant)
     for i in range(5):
-        left, right, disparity, _ = render_scene(textures, sample_rng(3, i), settings)
+        left, right, disparity, *_ = render_scene(textures, sample_rng(3, i), settings)
         assert np.isfinite(disparity).all()  # one layer occludes nothing
         assert np.abs(disparity).max() <= 4.0 + 1e-5
         y, x = np.mgrid[:64, :64]
