@@ -7,6 +7,15 @@ the gradient is zero, slanted otherwise (``max_slant``: the most it changes acro
 All of it stays in ``[-max_disparity, max_disparity]``, the sign convention of
 ``datamodules.stereo``: ``right(x) ~ left(x + disparity(x))``, so a larger disparity is nearer.
 
+Two layouts. ``layers`` (the default): each layer's depth is drawn at random, independently of
+how it looks, and the farthest is the background. The stereo model sees only the left view, which
+then shows which layer is in front of which but not how far away any is:
+``scripts/stereo_scenes_bounds.py`` measures what that leaves to learn. ``ground``: the
+background is a floor whose disparity grows from ``-max_disparity`` on the top row to
+``max_disparity`` on the bottom one, and every leaf stands on it, upright and facing the
+camera, at the floor's disparity at its lowest point, as in driving scenes: depth shows in the
+left view through where things stand.
+
 Both views are rendered from the same layers, with a depth buffer (at each pixel the layer with
 the largest disparity wins). A layer's texture and shape live in left-view coordinates ``u``;
 the right view's pixel ``x`` sees that layer's surface point ``u = x + d(x)``, sampled from the

@@ -200,6 +200,7 @@ def test_test_set_is_cached_reused_and_regenerated(tmp_path, monkeypatch, caplog
         ({"max_disparity": "six"}, r"data.max_disparity='six'; expected a number"),
         ({"max_slant": 11.0}, r"data.max_slant=11.0; expected a number in \[0, 10\]"),
         ({"crop_size": 8}, r"data.crop_size=8; expected an integer >= 16"),
+        ({"layout": "sky"}, r"data.layout='sky'; expected one of layers, ground"),
         ({"test_size": 0}, r"data.test_size=0; expected an integer >= 1"),
         ({"seed": EVAL_SEEDS["test"]}, r"is the seed of the fixed validation or test scenes"),
         ({"texture_dir": "/no/such/folder"}, r"texture_dir=/no/such/folder is not a folder"),
@@ -266,3 +267,22 @@ def test_disparity_bad1_counts_pixels_off_by_more_than_one_pixel(compose_cfg, mo
     assert logged["test/zero_disparity/disparity_bad1"] == pytest.approx(1.0)  # |2| > 1
     assert logged["test/mean_disparity/disparity_bad1"] == pytest.approx(1.0)  # mean 0
     assert logged["test/mean_disparity/disparity_epe"] == pytest.approx(2.0)
+
+
+def test_ground_layout_stands_the_leaves_on_a_floor(textures):
+    settings = SceneSettings(layout="ground", max_disparity=4.0)
+    rows = np.arange(64)[:, None]
+    floor = -4.0 + 8.0 * rows / 63
+    for i in range(10):
+        scene = render_scene(textures, sample_rng(4, i), settings)
+        known = np.isfinite(scene.disparity)
+        on_floor = np.isclose(scene.disparity, floor, atol=1e-5) & known
+        assert on_floor.any()
+        # every leaf (not the floor) is fronto-parallel and no farther than the floor behind it
+        leaf = known & ~on_floor
+        assert (scene.disparity[leaf] >= np.broadcast_to(floor, (64, 64))[leaf] - 1e-5).all()
+        for rank in np.unique(scene.layer[leaf]):
+            values = scene.disparity[leaf & (scene.layer == rank)]
+            assert np.ptp(values) < 1e-5
+        warped, inside = warp_left(scene.left, scene.disparity)
+        assert np.median(np.abs(warped - scene.right)[inside]) < 0.003
