@@ -59,6 +59,8 @@ from datamodules.h5 import read_frames, split_paths
 from datamodules.stream import StreamDataModule, check_integers, sample_rng
 from dfn.errors import InputError
 
+ALOE_FILES = ("aloeL.jpg", "aloeR.jpg", "aloeGT.png")
+ALOE_SCALE, ALOE_OFFSET = 12, 9  # the aloe pair (1282x1110, disparities 43 to 211 px)
 LEFT, RIGHT = "highway_L", "highway_R"
 
 
@@ -123,14 +125,22 @@ def motorcycle_scene(scale: int = 5, offset: int = 7) -> StereoPairs:
     Returns one frame ([1, H, W]); disparity holds right-view offsets ``d / scale - offset``
     (NaN where unknown), so ``right(x) ~ left(x + disparity(x))``.
     """
-    from skimage.color import rgb2gray
     from skimage.data import stereo_motorcycle
 
     if not isinstance(scale, int) or scale < 1:
         raise InputError(f"scale is an integer downscale factor >= 1, got {scale!r}")
     if not isinstance(offset, int) or offset < 0:
         raise InputError(f"offset is a whole number of pixels >= 0, got {offset!r}")
-    left, right, disparity_left = stereo_motorcycle()
+    return _shrunk_pair(*stereo_motorcycle(), scale, offset)
+
+
+def _shrunk_pair(
+    left: np.ndarray, right: np.ndarray, disparity_left: np.ndarray, scale: int, offset: int
+) -> StereoPairs:
+    """A full-size RGB pair with its left-view disparity, as one grayscale frame shrunk ``scale``
+    times and pre-shifted by ``offset`` (see ``motorcycle_scene``)."""
+    from skimage.color import rgb2gray
+
     left = _block_mean(rgb2gray(left), scale)
     right = _block_mean(rgb2gray(right), scale)
     disparity = right_view_disparity(disparity_left)
@@ -146,6 +156,28 @@ def motorcycle_scene(scale: int = 5, offset: int = 7) -> StereoPairs:
         right=right[None, :, :width].astype(np.float32),
         disparity=disparity[None, :, :width].astype(np.float32),
     )
+
+
+def aloe_scene(folder: str | Path) -> StereoPairs:
+    """The Middlebury "aloe" pair of Debian's ``opencv-doc`` (``examples/data``: aloeL.jpg,
+    aloeR.jpg and aloeGT.png, the left view's disparity in full-size pixels, 0 where unknown),
+    shrunk ``ALOE_SCALE`` times and pre-shifted by ``ALOE_OFFSET`` like ``motorcycle_scene``:
+    99.9% of its known offsets then lie in the filter's reach (-5.4 to 8.2 px)."""
+    from skimage.io import imread
+
+    views = []
+    for name in ALOE_FILES:
+        path = Path(folder) / name
+        try:
+            views.append(imread(path))
+        except (OSError, ValueError) as e:
+            raise InputError(
+                f"data.aloe_dir={folder}: cannot read {name} ({e}); expected "
+                f"{', '.join(ALOE_FILES)} as in Debian's opencv-doc examples/data"
+            ) from e
+    left, right, truth = views
+    truth = (truth if truth.ndim == 2 else truth[..., 0]).astype(np.float64)
+    return _shrunk_pair(left, right, np.where(truth > 0, truth, np.nan), ALOE_SCALE, ALOE_OFFSET)
 
 
 def disparity_stats(scale: int = 5, offset: int = 7, max_disparity: int = 6) -> DisparityStats:
@@ -238,6 +270,8 @@ class StereoDataModule(StreamDataModule):
     left view's pre-shift in pixels at that scale; both only apply to the built-in scene.
     ``max_disparity``: the largest horizontal offset in pixels between matching pixels the data
     may contain (see the module docstring); the run layer checks the model's filter reaches it.
+    ``aloe_dir`` (optional) replaces the test set by every ``crop_size`` crop, on a grid of a
+    quarter crop, of a second Middlebury scene with ground truth (``aloe_scene``).
     """
 
     def __init__(
@@ -254,6 +288,7 @@ class StereoDataModule(StreamDataModule):
         seed: int = 0,
         steps_per_epoch: int = 1000,
         test_size: int | None = None,
+        aloe_dir: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, steps_per_epoch)
         check_integers(
@@ -273,6 +308,11 @@ class StereoDataModule(StreamDataModule):
         self.train_path = train_path or (str(default_train) if path else None)
         self.test_path = test_path or (str(default_test) if path else None)
         self.user_data = self.train_path is not None or self.test_path is not None
+        if aloe_dir is not None and not all((Path(aloe_dir) / f).is_file() for f in ALOE_FILES):
+            raise InputError(
+                f"data.aloe_dir={aloe_dir} does not hold {', '.join(ALOE_FILES)} (Debian's "
+                "opencv-doc package has them in /usr/share/doc/opencv-doc/examples/data)"
+            )
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -282,6 +322,12 @@ class StereoDataModule(StreamDataModule):
             self._setup_user(stage)
         else:
             self._setup_scene()
+        if self.hparams.aloe_dir is not None and stage in (None, "test", "predict"):
+            pairs, c = aloe_scene(self.hparams.aloe_dir), self.hparams.crop_size
+            _, h, w = pairs.left.shape
+            rows, columns = (_positions(0, n - c, -(-(n - c) // (c // 4)) + 1) for n in (h, w))
+            test = [(0, y, x) for y in rows for x in columns]
+            self.test_set = _FixedCrops(pairs, c, test[: self.hparams.test_size])
 
     def _setup_scene(self) -> None:
         hp = self.hparams

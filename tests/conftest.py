@@ -18,12 +18,15 @@ EXPERIMENTS = [
     "highway_baseline",
     "stereo",
     "stereo_baseline",
+    "stereo_scenes",
+    "stereo_scenes_baseline",
 ]
 # What a smoke run of each experiment needs beyond debug=smoke: small generated data.
 SMOKE_DATA = {
     "moving_mnist": ["data.val_size=4"],
     "highway": ["data.num_frames=120"],
     "stereo": [],
+    "stereo_scenes": ["data.val_size=4"],
     "steerable": ["data.val_size=4"],
 }
 

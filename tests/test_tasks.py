@@ -139,11 +139,15 @@ def test_stereo_metrics_score_the_disparity_where_it_can_be_found():
         "test/disparity_epe": np.abs(d - t).mean(),
         "test/zero_disparity/disparity_epe": np.abs(t).mean(),
         "test/mean_disparity/disparity_epe": np.abs(t - t.mean()).mean(),
+        "test/disparity_bad1": (np.abs(d - t) > 1).mean(),
+        "test/zero_disparity/disparity_bad1": (np.abs(t) > 1).mean(),
+        "test/mean_disparity/disparity_bad1": (np.abs(t - t.mean()) > 1).mean(),
         "val/mse": mse.mean(),
         "val/loss": mse.mean() / 256,
     }
     for key, value in expected.items():
         assert {**test, **val}[key] == pytest.approx(value, rel=1e-5), key
+    assert 0 < expected["test/disparity_bad1"] < 1  # some pixels on either side of 1 px
     assert not any(key.endswith("_t1") for key in test)  # one frame: no horizons
 
     baseline = trainer().test(stereo_task(ConvHead), loader(batches), verbose=False)[0]

@@ -27,6 +27,8 @@ PARAMETERS = {  # the authors' counts (../shared/REFERENCE_SETUP.md); steerable:
     "highway_baseline": 368_245,
     "stereo": 464_494,
     "stereo_baseline": 464_509,
+    "stereo_scenes": 464_494,  # the stereo model on procedural scenes
+    "stereo_scenes_baseline": 464_509,
 }
 
 VIDEO_METRICS = [
@@ -38,6 +40,7 @@ EXPECTED_METRICS = {
     "highway": VIDEO_METRICS,
     "stereo": [f"test/{p}{m}" for p in ("", "copy_left/") for m in METRICS],
 }
+EXPECTED_METRICS["stereo_scenes"] = EXPECTED_METRICS["stereo"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

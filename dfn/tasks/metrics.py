@@ -30,6 +30,7 @@ PSNR_CAP = 100.0  # dB: an MSE of 1e-10 of the data range squared
 # predictors (test/zero_disparity/disparity_epe, test/mean_disparity/disparity_epe).
 DISPARITY_ERRORS = {
     "disparity_epe": torch.abs,
+    "disparity_bad1": lambda error: (error.abs() > 1).float(),  # share off by more than 1 px
 }
 
 
