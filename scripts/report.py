@@ -75,7 +75,11 @@ class Run:
 
     @property
     def experiment(self) -> str:
-        return self.metrics["experiment"]
+        """The experiment config it composed (its ``experiment=``), not the ``name=`` it may
+        have been labelled with; a run composed from another run's config (``resume=``,
+        ``run=``) has only the name it recorded."""
+        chosen = [o.split("=", 1)[1] for o in self.overrides if o.startswith("experiment=")]
+        return chosen[-1] if chosen else self.metrics["experiment"]
 
     @property
     def job(self) -> str:
@@ -362,8 +366,9 @@ SHOWN, NOT_SHOWN, NOT_RUN = "shown", "not shown", "not yet run"
 
 @dataclass
 class Evidence:
-    """One comparison for a claim: the DFN runs (and baseline runs) of one experiment, job,
-    steps and setup, which differ in their seed only; what was measured and the verdict."""
+    """One comparison for a claim: DFN runs of one configuration, which differ in their seed
+    only, and the baseline runs of the same experiment, job, steps and test setup; what was
+    measured and the verdict."""
 
     experiment: str
     job: str
@@ -385,18 +390,29 @@ def spread_of(runs: list[Run], key: str) -> str:
 
 
 def claim_evidence(claim: Claim, runs: list[Run]) -> list[Evidence]:
-    """The claim's comparisons among ``runs``, each judged, in a fixed order."""
-    comparisons: dict[tuple, Evidence] = {}
+    """The claim's comparisons among ``runs``, each judged, in a fixed order. Runs of one
+    experiment, job, steps and test setup are compared; the DFN runs among them are averaged
+    only where their configurations are the same (seeds), so that checkpoints of different
+    trainings that one command line evaluated apart stay apart."""
+    groups: dict[tuple, tuple[dict[tuple, list[Run]], list[Run]]] = {}
     for run in runs:
         experiment = run.experiment.removesuffix("_baseline")
         is_dfn = experiment == run.experiment
         if experiment not in claim.experiments or (claim.bounds and not is_dfn):
             continue
         key = (experiment, run.job, run.metrics.get("steps"), run.setup)
-        item = comparisons.setdefault(key, Evidence(*key[:3]))
-        (item.dfn if is_dfn else item.baseline).append(run)
+        dfn, baseline = groups.setdefault(key, ({}, []))
+        if is_dfn:
+            dfn.setdefault(run.configuration, []).append(run)
+        else:
+            baseline.append(run)
+    comparisons = [
+        Evidence(*key[:3], dfn=runs, baseline=baseline)
+        for key, (dfn, baseline) in groups.items()
+        for runs in list(dfn.values()) or [[]]
+    ]
     judge = judge_bounds if claim.bounds else judge_pair
-    evidence = [item for item in comparisons.values() if judge(claim, item)]
+    evidence = [item for item in comparisons if judge(claim, item)]
     return sorted(evidence, key=lambda e: (e.experiment, evidence_setup(e), e.job, e.steps or 0))
 
 
@@ -468,7 +484,7 @@ def evidence_setup(item: Evidence) -> str:
     chosen = [
         o
         for o in run.configuration
-        if o.lstrip("+~").startswith(("data.", "trainer.prec"))
+        if o.lstrip("+~").startswith(("data.", "data=", "trainer.prec"))
         and not o.lstrip("+~").startswith(ignored)
     ]
     return f"`{' '.join(chosen)}`" if chosen else "defaults"

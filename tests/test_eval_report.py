@@ -218,9 +218,13 @@ CLIP = ["data.path=outputs/data/clip", "data.batch_size=8"]
 DISPARITY = {"test/zero_disparity/disparity_epe": 2.8, "test/mean_disparity/disparity_epe": 2.6}
 
 
-def fake_run(root: Path, name: str, experiment: str, overrides: list[str], **metrics) -> Path:
+def fake_run(
+    root: Path, name: str, experiment: str, overrides: list[str], label: str = "", **metrics
+) -> Path:
     """A run folder as train.py leaves it, without checkpoints: ``.hydra/`` with the config
-    composed from the real files, and metrics.json."""
+    composed from the real files, and metrics.json. ``label``: the run's ``name=``, which
+    metrics.json records as its experiment."""
+    overrides = [*overrides, f"name={label}"] if label else overrides
     config = experiment.replace("stereo_scenes", "stereo")  # the stereo data's setup keys
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -231,7 +235,7 @@ def fake_run(root: Path, name: str, experiment: str, overrides: list[str], **met
     OmegaConf.save(cfg, hydra_dir / "config.yaml")
     command = OmegaConf.create([f"experiment={experiment}", *overrides])
     OmegaConf.save(command, hydra_dir / "overrides.yaml")
-    metrics = {"experiment": experiment, "parameters": 1, "device": "CPU test", **metrics}
+    metrics = {"experiment": label or experiment, "parameters": 1, "device": "CPU test", **metrics}
     (root / name / "metrics.json").write_text(json.dumps(metrics))
     return root / name
 
@@ -262,12 +266,14 @@ def claim_runs(tmp_path_factory) -> Path:
     stereo = {**mse(93.6, 125.7, "copy_left"), "test/disparity_epe": 2.7, **DISPARITY}
     fake_run(root, "st", "stereo", [], steps=1500, **stereo)
     scenes = {**mse(3.0, 9.0, "copy_left"), "test/disparity_epe": 1.4, **DISPARITY}
-    fake_run(root, "sc", "stereo_scenes", ["data.scale=4"], steps=600, **scenes)
+    # runs labelled with name= are judged by the experiment they composed
+    fake_run(root, "sc", "stereo_scenes", ["data.scale=4"], "dfn_600", steps=600, **scenes)
     fake_run(
         root,
         "sc_base",
         "stereo_scenes_baseline",
         ["data.scale=4"],
+        "baseline_600",
         steps=600,
         **mse(3.5, 9.0, "copy_left"),
     )
@@ -390,3 +396,16 @@ def test_report_leaves_out_the_figures_of_a_run_it_cannot_rebuild(
     text = report.main([str(moved), "--out", str(tmp_path / "R.md")]).read_text()
     assert "| 00_stereo |" in text and "00_stereo_" not in text
     assert "report: no sample figures for 00_stereo: " in capsys.readouterr().err
+
+
+def test_evaluations_of_different_trainings_are_not_averaged(tmp_path):
+    """Two checkpoints evaluated on the same test set, told apart only by their command lines
+    (here their name= labels), are two comparisons, not one mean of two seeds."""
+    scores = {**mse(3.0, 9.0, "copy_left"), **DISPARITY}
+    for label, epe in (("from_a", 1.0), ("from_b", 2.0)):
+        metrics = {**scores, "test/disparity_epe": epe, "checkpoint": f"{label}.ckpt"}
+        fake_run(tmp_path / "runs", label, "stereo_scenes", [], label, steps=600, **metrics)
+    _, text = claims_report(tmp_path / "runs", tmp_path / "C.md")
+    rows = evidence(text, "The stereo filters carry the disparity")
+    assert sorted(cells[-1] for cells in rows.values()) == ["not shown", "shown"]
+    assert all("n=2" not in cells[4] for cells in rows.values())

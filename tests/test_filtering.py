@@ -269,15 +269,15 @@ def test_auto_off_the_cpu_is_triton_or_else_the_reference(monkeypatch):
     assert filtering._resolve_impl("auto", x) == "reference"
 
 
-def test_auto_falls_back_to_the_reference_once_without_the_cpp_kernel(monkeypatch):
+def test_auto_falls_back_to_shift_once_without_the_cpp_kernel(monkeypatch):
     monkeypatch.setattr(cpp, "build_problem", lambda: "no C++ compiler (test)")
     x, filters, bias = make_inputs(1, 1, (4, 5), (3, 3), False, 1)
     expected = dynamic_local_filter_reference(x, filters, 3, bias)
-    with pytest.warns(RuntimeWarning, match=r"'reference'.*no C\+\+ compiler \(test\)") as caught:
+    with pytest.warns(RuntimeWarning, match=r"'shift'.*no C\+\+ compiler \(test\)") as caught:
         for _ in range(3):
             torch.testing.assert_close(dynamic_local_filter(x, filters, 3, bias), expected)
     assert len(caught) == 1
-    assert filtering._resolve_impl("auto", x) == "reference"
+    assert filtering._resolve_impl("auto", x) == "shift"
     with pytest.raises(ValueError, match=r"impl='cpp'.*no C\+\+ compiler \(test\)"):
         dynamic_local_filter(x, filters, 3, bias, impl="cpp")
 
@@ -290,8 +290,8 @@ def test_cpp_impl_needs_cpu_tensors():
 
 @pytest.mark.parametrize("compiler", ["missing", "broken"])
 def test_cpp_build_failure_is_reported(tmp_path, compiler):
-    """No compiler, or one that fails, for real: auto warns once and uses the reference;
-    impl='cpp' names the problem.
+    """No compiler, or one that fails, for real: auto warns once and uses shift; impl='cpp'
+    names the problem.
 
     A fresh extension folder, so that nothing is cached; in its own process, so that this
     session's loaded kernel does not count.
@@ -335,7 +335,7 @@ def test_cpp_build_failure_is_reported(tmp_path, compiler):
             assert f"no C++ compiler: '{cxx}' is not found" in message
         else:
             assert "building it failed" in message and str(cxx) in message
-    assert "'reference'" in warning and "impl='cpp'" in error
+    assert "'shift'" in warning and "impl='cpp'" in error
 
 
 def test_triton_impl_needs_cuda(monkeypatch):

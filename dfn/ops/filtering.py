@@ -12,10 +12,10 @@ unfolds (any device; the least memory without a kernel), ``"cpp"`` computes the 
 compiled CPU kernel (``dfn.ops.cpp``: ``csrc/local_filter.cpp``, built on first use) that makes
 one pass over the filters per forward and one per backward, ``"triton"`` runs the kernels of
 ``dfn.ops.triton_filtering`` (CUDA). ``"auto"`` picks what made the paper's training steps
-fastest end to end: on CPU the C++ kernel (5 to 13% faster steps than the reference; shift's
-per-tap ops were slower than both), or the reference, with a warning, where it cannot be built;
-on CUDA Triton, or the reference where Triton does not import. docs/PERFORMANCE.md has the
-measurements.
+fastest end to end: on CPU the C++ kernel (up to 12% faster steps than the reference, never
+measurably slower), or shift, with a warning, where it cannot be built (level with the
+reference or slightly faster, in less memory); on CUDA Triton, or the reference where Triton
+does not import. docs/PERFORMANCE.md has the measurements.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def triton_available() -> bool:
 @functools.cache
 def _warn_no_cpp(problem: str) -> None:
     warnings.warn(
-        f"impl='auto' on CPU uses the slower 'reference' implementation of the dynamic local "
-        f"filter: its C++ kernel ({cpp.SOURCE}) is not available: {problem}",
+        f"impl='auto' on CPU uses the slower 'shift' implementation of the dynamic local filter: "
+        f"its C++ kernel ({cpp.SOURCE}) is not available: {problem}",
         RuntimeWarning,
         stacklevel=4,
     )
@@ -120,9 +120,8 @@ def _resolve_impl(impl: str, x: Tensor) -> str:
         problem = cpp.build_problem()
         if problem is None:
             return "cpp"
-        # not shift: its per-tap ops made training steps slower than the reference's
         _warn_no_cpp(problem)
-        return "reference"
+        return "shift"
     if impl == "cpp":
         if x.device.type != "cpu":
             raise ValueError(f"impl='cpp' needs CPU tensors, got x on {x.device}")
