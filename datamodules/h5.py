@@ -8,13 +8,18 @@ their past (the simulator's new episodes, the joins of concatenated clips).
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from dfn.errors import InputError
+
+log = logging.getLogger(__name__)
 
 CUTS = "cuts"
 
@@ -42,6 +47,38 @@ def write_h5_atomic(path: str | Path, arrays: dict[str, np.ndarray], **attrs) ->
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_or_generate(
+    path: Path,
+    expected: dict[str, tuple[tuple[int, ...], type]],
+    generate: Callable[[], dict[str, np.ndarray]],
+    rows: int | None = None,
+    **attrs,
+) -> dict[str, np.ndarray]:
+    """A generated data set cached at ``path``: the first ``rows`` (all by default) of each of
+    its datasets, ``expected`` as name -> (shape, dtype). If the file is missing, unreadable or
+    holds other shapes or dtypes, ``generate()`` makes them again and they are written
+    atomically, with ``attrs``, for the next time."""
+    try:
+        with h5py.File(path, "r") as f:
+            found = {name: (f[name].shape, f[name].dtype) for name in expected}
+            if found == expected:
+                return {name: f[name][:rows] for name in expected}
+            problem = f"found {found}, expected {expected}"
+    except FileNotFoundError:
+        problem = None
+    except (OSError, KeyError) as e:
+        problem = f"unreadable ({e})"
+    if problem:
+        log.warning("regenerating the cache %s: %s", path, problem)
+    start = time.perf_counter()
+    arrays = generate()
+    write_h5_atomic(path, arrays, **attrs)
+    log.info("generated %s in %.1f s", path, time.perf_counter() - start)
+    if rows is not None:
+        arrays = {name: array[:rows].copy() for name, array in arrays.items()}
+    return arrays
 
 
 def read_frames(path: str | Path, dataset: str, min_frames: int = 1) -> np.ndarray:

@@ -18,16 +18,14 @@ import hashlib
 import importlib.resources
 import logging
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.h5 import write_h5_atomic
+from datamodules.h5 import read_or_generate
 from datamodules.stream import StreamDataModule, check_integers, sample_rng
 from dfn.errors import InputError
 
@@ -275,24 +273,16 @@ def load_or_generate(
 ) -> np.ndarray:
     """The first ``count`` of ``size`` cached sequences; (re)generated and cached if the file is
     missing, unreadable or of the wrong shape or dtype."""
-    expected = (size, num_frames, IMAGE_SIZE, IMAGE_SIZE)
-    try:
-        with h5py.File(path, "r") as f:
-            data = f[CACHE_KEY]
-            if data.shape == expected and data.dtype == np.uint8:
-                return data[:count]
-            problem = f"shape {data.shape} {data.dtype}, expected {expected} uint8"
-    except FileNotFoundError:
-        problem = None
-    except (OSError, KeyError) as e:
-        problem = f"unreadable ({e})"
-    if problem:
-        log.warning("regenerating the cache %s: %s", path, problem)
-    start = time.perf_counter()
-    frames = render_sequences(pool, seed, size, num_frames)
-    write_h5_atomic(path, {CACHE_KEY: frames}, seed=seed, version=CACHE_VERSION)
-    log.info("generated %d sequences in %.1f s -> %s", size, time.perf_counter() - start, path)
-    return frames if count == size else frames[:count].copy()
+    expected = {CACHE_KEY: ((size, num_frames, IMAGE_SIZE, IMAGE_SIZE), np.uint8)}
+    sets = read_or_generate(
+        path,
+        expected,
+        lambda: {CACHE_KEY: render_sequences(pool, seed, size, num_frames)},
+        rows=count,
+        seed=seed,
+        version=CACHE_VERSION,
+    )
+    return sets[CACHE_KEY]
 
 
 class MovingMNISTStream(Dataset):

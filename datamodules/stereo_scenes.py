@@ -45,18 +45,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 from typing import NamedTuple
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.h5 import write_h5_atomic
+from datamodules.h5 import read_or_generate
 from datamodules.steerable import SPLITS, load_images
 from datamodules.stereo import StereoPairs, _block_mean, _FixedCrops, _sample
 from datamodules.stream import StreamDataModule, check_integers, sample_rng
@@ -367,24 +365,13 @@ def render_set(textures: Textures, seed: int, count: int, settings: SceneSetting
 def load_or_generate(path: Path, generate, count: int, size: int) -> StereoPairs:
     """The cached set at ``path``; (re)generated with ``generate()`` and cached atomically if the
     file is missing, unreadable or of the wrong shape."""
-    expected = (count, size, size)
-    try:
-        with h5py.File(path, "r") as f:
-            found = {name: (f[name].shape, f[name].dtype) for name in VIEWS}
-            if all(v == (expected, np.float32) for v in found.values()):
-                return StereoPairs(*(f[name][()] for name in VIEWS))
-            problem = f"found {found}, expected {expected} float32 for each of {VIEWS}"
-    except FileNotFoundError:
-        problem = None
-    except (OSError, KeyError) as e:
-        problem = f"unreadable ({e})"
-    if problem:
-        log.warning("regenerating the cache %s: %s", path, problem)
-    start = time.perf_counter()
-    pairs = generate()
-    write_h5_atomic(path, dict(zip(VIEWS, (pairs.left, pairs.right, pairs.disparity), strict=True)))
-    log.info("generated %d scenes in %.1f s -> %s", count, time.perf_counter() - start, path)
-    return pairs
+
+    def views() -> dict[str, np.ndarray]:
+        pairs = generate()
+        return dict(zip(VIEWS, (pairs.left, pairs.right, pairs.disparity), strict=True))
+
+    expected = dict.fromkeys(VIEWS, ((count, size, size), np.float32))
+    return StereoPairs(*read_or_generate(path, expected, views).values())
 
 
 class SceneStream(Dataset):
