@@ -140,6 +140,12 @@ def add_callback(cfg, **signal_at) -> None:
             "wider, or lower data.max_disparity",
         ),
         (
+            ["experiment=stereo_scenes", "data.max_disparity=6.5"],
+            "data.max_disparity=6.5, but the model's filter reaches 6 px horizontally (a 1xK "
+            "filter reaches (K-1)/2 px): set model.predictor.filtering.kernel_size=[1, 15] or "
+            "wider, or lower data.max_disparity",
+        ),
+        (
             ["experiment=highway", "model.num_input=1"],
             "needs num_input >= 2 and num_predicted >= 1; got num_input=1",
         ),

@@ -64,6 +64,7 @@ def test_the_config_picks_the_head_and_print_shows_the_options(compose_cfg, expe
         "moving_mnist": "kernel_size=(9, 9), softmax=True, dynamic_bias=False, impl='auto'",
         "highway": "kernel_size=(11, 11), softmax=True, dynamic_bias=True, impl='auto'",
         "stereo": "kernel_size=(1, 13), softmax=True, dynamic_bias=True, impl='auto'",
+        "stereo_scenes": "kernel_size=(1, 13), softmax=True, dynamic_bias=True, impl='auto'",
     }[experiment.removesuffix("_baseline")]
     head = model.predictor.head
     if experiment.endswith("_baseline"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from numbers import Number
 from pathlib import Path
@@ -76,7 +77,7 @@ def check_reach(datamodule: L.LightningDataModule, model: L.LightningModule) -> 
         return
     reach = predictor.head.reach
     if reach is not None and reach[1] < max_disparity:
-        wide_enough = [2 * reach[0] + 1, 2 * max_disparity + 1]
+        wide_enough = [2 * reach[0] + 1, 2 * math.ceil(max_disparity) + 1]
         raise InputError(
             f"data.max_disparity={max_disparity}, but the model's filter reaches {reach[1]} px "
             f"horizontally (a 1xK filter reaches (K-1)/2 px): set model.predictor.filtering."
