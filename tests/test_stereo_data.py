@@ -105,12 +105,10 @@ def test_train_and_test_crops_are_disjoint(scene_data):
         assert any(found), f"training crop {i} is not inside the train band"
 
 
-def test_batches(scene_data):
-    for loader in (
-        scene_data.train_dataloader(),
-        scene_data.val_dataloader(),
-        scene_data.test_dataloader(),
-    ):
+def check_stereo_batches(data, min_known: float) -> None:
+    """Each split serves 4 float 64x64 views in [0, 1] and a disparity map whose known pixels
+    (at least ``min_known`` of them) lie within ``data.max_disparity``."""
+    for loader in (data.train_dataloader(), data.val_dataloader(), data.test_dataloader()):
         batch = next(iter(loader))
         assert set(batch) == {"left", "right", "disparity"}
         for name in ("left", "right", "disparity"):
@@ -118,7 +116,12 @@ def test_batches(scene_data):
         for name in ("left", "right"):
             assert 0 <= batch[name].min() and batch[name].max() <= 1
         known = batch["disparity"][torch.isfinite(batch["disparity"])]
-        assert known.numel() > 0 and known.abs().max() <= scene_data.max_disparity
+        assert known.numel() > min_known * 4 * 64 * 64
+        assert known.abs().max() <= data.max_disparity + 1e-5
+
+
+def test_batches(scene_data):
+    check_stereo_batches(scene_data, min_known=0)
     assert len(scene_data.train_dataloader()) == 2
     assert len(scene_data.val_set) == 6 and len(scene_data.test_set) == 4
 

@@ -24,6 +24,7 @@ from datamodules.stereo_scenes import (
 from datamodules.stream import sample_rng
 from dfn.errors import InputError
 from tests.conftest import ROOT
+from tests.test_stereo_data import check_stereo_batches
 
 
 @pytest.fixture(scope="module")
@@ -111,15 +112,7 @@ def data(tmp_path_factory):
 
 def test_batches(data):
     assert data.max_disparity == 5.0
-    for loader in (data.train_dataloader(), data.val_dataloader(), data.test_dataloader()):
-        batch = next(iter(loader))
-        assert set(batch) == {"left", "right", "disparity"}
-        for name in ("left", "right", "disparity"):
-            assert batch[name].dtype == torch.float32 and batch[name].shape == (4, 1, 64, 64)
-        for name in ("left", "right"):
-            assert 0 <= batch[name].min() and batch[name].max() <= 1
-        known = batch["disparity"][torch.isfinite(batch["disparity"])]
-        assert known.numel() > 0.8 * 4 * 64 * 64 and known.abs().max() <= 5.0 + 1e-5
+    check_stereo_batches(data, min_known=0.8)
     assert len(data.val_set) == 6 and len(data.test_set) == 10
     again = StereoScenesDataModule(batch_size=4, steps_per_epoch=2, seed=3)
     again.setup("fit")
