@@ -56,7 +56,7 @@ OTHER_METRICS = {
 PLUMBING = ("seed=", "experiment=", "ckpt_path=", "paths.", "hydra.", "hydra/")
 # Data settings that change neither the data nor the sampling: where it is cached, how fast it
 # loads; and the seed, which runs of one configuration average over.
-NOT_SETUP = ("num_workers", "cache_dir", "seed")
+NOT_SETUP = ("num_workers", "cache_dir", "seed", "steps_per_epoch")
 # Besides data.*, the settings that decide which test windows a run sees and how it is scored.
 SETUP_KEYS = (
     "model.num_input",
@@ -378,6 +378,7 @@ class Evidence:
     measured: str = "—"
     against: str = "—"
     verdict: str = NOT_RUN
+    setup: str = "defaults"
 
 
 def mean_of(runs: list[Run], key: str) -> float | None:
@@ -413,7 +414,8 @@ def claim_evidence(claim: Claim, runs: list[Run]) -> list[Evidence]:
     ]
     judge = judge_bounds if claim.bounds else judge_pair
     evidence = [item for item in comparisons if judge(claim, item)]
-    return sorted(evidence, key=lambda e: (e.experiment, evidence_setup(e), e.job, e.steps or 0))
+    label_setups(evidence)
+    return sorted(evidence, key=lambda e: (e.experiment, e.setup, e.job, e.steps or 0))
 
 
 def judge_pair(claim: Claim, item: Evidence) -> bool:
@@ -477,17 +479,32 @@ def evidence_steps(claim: Claim, item: Evidence) -> str:
     return f"{item.steps:,}" + (f" (short; paper {schedule:,})" if item.steps < schedule else "")
 
 
-def evidence_setup(item: Evidence) -> str:
-    """The overrides that set its test setup, as the DFN's (or the baseline's) command gave them."""
-    run = (item.dfn or item.baseline)[0]
+def label_setups(evidence: list[Evidence]) -> None:
+    """Name each comparison's test setup: the overrides that set it, as the DFN's (or the
+    baseline's) command gave them, and the composed settings left unsaid that tell it apart from
+    the other comparisons of its experiment on the same data module, such as a default that has
+    changed since the run was made."""
     ignored = tuple(f"data.{key}=" for key in NOT_SETUP)
-    chosen = [
-        o
-        for o in run.configuration
-        if o.lstrip("+~").startswith(("data.", "data=", "trainer.prec"))
-        and not o.lstrip("+~").startswith(ignored)
-    ]
-    return f"`{' '.join(chosen)}`" if chosen else "defaults"
+    modules: dict[tuple, list[tuple[Evidence, list[str], dict[str, str]]]] = {}
+    for item in evidence:
+        run = (item.dfn or item.baseline)[0]
+        said = [
+            o
+            for o in run.configuration
+            if o.lstrip("+~").startswith(("data.", "data=", "trainer.prec"))
+            and not o.lstrip("+~").startswith(ignored)
+        ]
+        setup = dict(entry.split("=", 1) for entry in run.setup)
+        modules.setdefault((item.experiment, setup.get("data._target_")), []).append(
+            (item, said, setup)
+        )
+    for items in modules.values():
+        keys = sorted({key for _, _, setup in items for key in setup})
+        varying = [key for key in keys if len({setup.get(key) for _, _, setup in items}) > 1]
+        for item, said, setup in items:
+            named = {o.lstrip("+~").split("=", 1)[0] for o in said}
+            said = said + [f"{k}={setup[k]}" for k in varying if k in setup and k not in named]
+            item.setup = f"`{' '.join(said)}`" if said else "defaults"
 
 
 CLAIM_RULES = (
@@ -496,7 +513,7 @@ CLAIM_RULES = (
     "*The DFN beats its baseline*: the runs of an experiment and of its `_baseline` are compared "
     "only when they are of the same job (a training run tests its best-validation checkpoint, an "
     "`eval.py` run the checkpoint it was given), stopped at the same step, and share the test "
-    "setup: every `data.*` setting (files, test set, sampling; not the loader's workers, the "
+    "setup: every `data.*` setting (files, test set, sampling; not the loader's workers or the "
     "cache folder or the seed), the window and the precision, as the run's `.hydra/config.yaml` "
     "composed them. Runs of one comparison that differ only in their seed are averaged. A "
     "comparison is *shown* when the DFN's mean error is lower than the baseline's, *not shown* "
@@ -539,7 +556,7 @@ def claims_section(runs: list[Run]) -> list[str]:
         for item in evidence:
             folders = "<br>".join(f"`{relative(r.path)}`" for r in item.dfn + item.baseline)
             details.append(
-                f"| {item.experiment} | {item.job} | {evidence_setup(item)} "
+                f"| {item.experiment} | {item.job} | {item.setup} "
                 f"| {evidence_steps(claim, item)} | {item.measured} | {item.against} "
                 f"| {claim.paper} | {item.verdict} | {folders} |"
             )

@@ -219,16 +219,22 @@ DISPARITY = {"test/zero_disparity/disparity_epe": 2.8, "test/mean_disparity/disp
 
 
 def fake_run(
-    root: Path, name: str, experiment: str, overrides: list[str], label: str = "", **metrics
+    root: Path,
+    name: str,
+    experiment: str,
+    overrides: list[str],
+    label: str = "",
+    defaults: tuple[str, ...] = (),
+    **metrics,
 ) -> Path:
     """A run folder as train.py leaves it, without checkpoints: ``.hydra/`` with the config
     composed from the real files, and metrics.json. ``label``: the run's ``name=``, which
-    metrics.json records as its experiment."""
+    metrics.json records as its experiment; ``defaults``: overrides composed into the config
+    but not on its command, as if the config files' defaults had been those then."""
     overrides = [*overrides, f"name={label}"] if label else overrides
-    config = experiment.replace("stereo_scenes", "stereo")  # the stereo data's setup keys
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={config}", *overrides])
+        cfg = compose("train", overrides=[f"experiment={experiment}", *overrides, *defaults])
     GlobalHydra.instance().clear()
     hydra_dir = root / name / ".hydra"
     hydra_dir.mkdir(parents=True)
@@ -267,12 +273,18 @@ def claim_runs(tmp_path_factory) -> Path:
     fake_run(root, "st", "stereo", [], steps=1500, **stereo)
     scenes = {**mse(3.0, 9.0, "copy_left"), "test/disparity_epe": 1.4, **DISPARITY}
     # runs labelled with name= are judged by the experiment they composed
-    fake_run(root, "sc", "stereo_scenes", ["data.scale=4"], "dfn_600", steps=600, **scenes)
+    ground = ["data.layout=ground"]
+    fake_run(root, "sc", "stereo_scenes", ground, "dfn_600", steps=600, **scenes)
+    # made when the layout's default was another: its label names the layout it composed
+    old = {**scenes, "test/disparity_epe": 2.0}
+    fake_run(
+        root, "sc_old", "stereo_scenes", [], defaults=("data.layout=layers",), steps=600, **old
+    )
     fake_run(
         root,
         "sc_base",
         "stereo_scenes_baseline",
-        ["data.scale=4"],
+        ["data.layout=ground"],
         "baseline_600",
         steps=600,
         **mse(3.5, 9.0, "copy_left"),
@@ -316,10 +328,13 @@ def test_claims_give_each_verdict_by_the_stated_rules(claim_runs, tmp_path):
     highway = evidence(text, "The DFN beats its baseline on highway driving")
     assert len(highway) == 4
     simulated = highway[folders(claim_runs, "hw", "hw_base")]
-    assert simulated[:4] == ["highway", "train", "defaults", "900 (short; paper 20,000)"]
+    # the composed settings that tell the simulator's run apart from the clip's
+    assert simulated[:2] == ["highway", "train"] and "data.path=None" in simulated[2]
+    assert simulated[3] == "900 (short; paper 20,000)"
     assert simulated[-1] == "not shown"
     clip = highway[folders(claim_runs, "clip_s1", "clip_s2", "clip_base")]
-    assert clip[2] == f"`{' '.join(sorted(CLIP))}`" and clip[-1] == "shown"
+    assert clip[2] == f"`{' '.join(sorted(CLIP))} trainer.precision=32-true`"
+    assert clip[-1] == "shown"
     for alone in ("clip_bf16", "clip_base_700"):  # other precision, other steps: no pair
         assert highway[folders(claim_runs, alone)][-1] == "not yet run"
     mnist = evidence(text, "The DFN beats its baseline on Moving MNIST")
@@ -327,8 +342,10 @@ def test_claims_give_each_verdict_by_the_stated_rules(claim_runs, tmp_path):
     stereo = evidence(text, "The DFN beats its baseline on stereo prediction")
     assert stereo[folders(claim_runs, "st")][-1] == "not yet run"
     assert stereo[folders(claim_runs, "sc", "sc_base")][-1] == "shown"
+    assert stereo[folders(claim_runs, "sc", "sc_base")][2] == "`data.layout=ground`"
+    assert stereo[folders(claim_runs, "sc_old")][2::5] == ["`data.layout=layers`", "not yet run"]
     disparity = evidence(text, "The stereo filters carry the disparity")
-    assert [row[-1] for row in disparity.values()] == ["not shown", "not shown"]
+    assert [row[-1] for row in disparity.values()] == ["not shown"] * 3
 
 
 def test_claims_quote_the_numbers_of_the_files(claim_runs, tmp_path):
