@@ -54,8 +54,9 @@ OTHER_METRICS = {
 }
 # Overrides that say where a run lives or which run it is, not what it trains.
 PLUMBING = ("seed=", "experiment=", "ckpt_path=", "paths.", "hydra.", "hydra/")
-# Data settings that change neither the data nor the sampling: where it is cached, how fast it
-# loads; and the seed, which runs of one configuration average over.
+# Data settings that change neither the test data nor how it is scored: where it is cached, how
+# fast it loads, how many training batches make an epoch; and the seed, which runs of one
+# configuration average over.
 NOT_SETUP = ("num_workers", "cache_dir", "seed", "steps_per_epoch")
 # Besides data.*, the settings that decide which test windows a run sees and how it is scored.
 SETUP_KEYS = (
@@ -513,9 +514,10 @@ CLAIM_RULES = (
     "*The DFN beats its baseline*: the runs of an experiment and of its `_baseline` are compared "
     "only when they are of the same job (a training run tests its best-validation checkpoint, an "
     "`eval.py` run the checkpoint it was given), stopped at the same step, and share the test "
-    "setup: every `data.*` setting (files, test set, sampling; not the loader's workers or the "
-    "cache folder or the seed), the window and the precision, as the run's `.hydra/config.yaml` "
-    "composed them. Runs of one comparison that differ only in their seed are averaged. A "
+    "setup: every `data.*` setting (files, test set, sampling; not the loader's workers, the "
+    "epoch length, the cache folder or the seed), the window and the precision, as the run's "
+    "`.hydra/config.yaml` composed them. Runs of one comparison that differ only in their seed "
+    "are averaged. A "
     "comparison is *shown* when the DFN's mean error is lower than the baseline's, *not shown* "
     "when it is not, and *not yet run* when one side is missing. A threshold claim is judged on "
     "each DFN comparison that has its metrics. A claim is *shown* when all its decided "
