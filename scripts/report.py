@@ -119,17 +119,22 @@ class Run:
 
 @dataclass
 class Row:
-    """Runs of one experiment and configuration, differing only in their seed."""
+    """Runs of one experiment and configuration at one step, differing only in their seed."""
 
     experiment: str
     job: str
     configuration: tuple[str, ...]
+    steps: int | None
     runs: list[Run] = field(default_factory=list)
     label: str = ""  # names the row's figures: "02_moving_mnist"
 
     @property
     def reference(self) -> PaperResult | None:
         return PAPER_RESULTS.get(self.experiment)
+
+    @property
+    def model(self) -> str:
+        return "baseline" if self.experiment.endswith("_baseline") else "DFN"
 
     @property
     def metric(self) -> str:
@@ -170,7 +175,7 @@ def group_runs(runs: list[Run]) -> list[Row]:
     """Rows in the paper's Table 1 order, then any other experiments."""
     rows: dict[tuple, Row] = {}
     for run in runs:
-        key = (run.experiment, run.job, run.configuration)
+        key = (run.experiment, run.job, run.configuration, run.metrics.get("steps"))
         rows.setdefault(key, Row(*key)).runs.append(run)
     order = list(PAPER_RESULTS)
     ordered = sorted(
@@ -178,6 +183,9 @@ def group_runs(runs: list[Run]) -> list[Row]:
         key=lambda r: (
             order.index(r.experiment) if r.experiment in order else len(order),
             r.experiment,
+            r.job == "eval",  # a training run before its evaluations
+            r.configuration,
+            r.steps or 0,
         ),
     )
     for i, row in enumerate(ordered):
@@ -201,12 +209,19 @@ def mean_spread(values: list[float]) -> str:
 
 
 def steps_cell(row: Row) -> str:
-    steps = sorted({r.metrics.get("steps") for r in row.runs} - {None})
-    text = " / ".join(f"{s:,}" for s in steps) or "—"
+    if row.steps is None:
+        return "—"
     schedule = row.reference.iterations if row.reference else None
-    if schedule and steps and max(steps) < schedule:
-        text += f" (short; paper {schedule:,})"
-    return text
+    short = f" (short; paper {schedule:,})" if schedule and row.steps < schedule else ""
+    return f"{row.steps:,}{short}"
+
+
+def furthest(rows: list[Row]) -> list[Row]:
+    """Of the rows of one configuration (a learning curve), the one trained furthest."""
+    last: dict[tuple, Row] = {}
+    for row in rows:  # ordered by step within a configuration
+        last[(row.experiment, row.job, row.configuration)] = row
+    return [row for row in rows if any(row is kept for kept in last.values())]
 
 
 def table_1(rows: list[Row]) -> list[str]:
@@ -242,7 +257,7 @@ def table_1_row(row: Row) -> str:
     if row.job == "eval":
         configuration = f"eval.py {configuration}"
     return (
-        f"| {row.label} | {ref.model if ref else '—'} | `{configuration}` "
+        f"| {row.label} | {row.model} | `{configuration}` "
         f"| {', '.join(f'{p:,}' for p in parameters)} | {steps_cell(row)} "
         f"| {ref.metric_label if ref else row.metric} | **{row.summary(row.metric)}** "
         f"| {number(ref.paper) if ref else '—'} | {number(ref.authors_rerun) if ref else '—'} "
@@ -685,8 +700,8 @@ def write_report(run_dirs: list[Path], out: Path, command: str, claims_only: boo
         return out
     figures = out.parent / "figures"
     figures.mkdir(exist_ok=True)
-    horizons = horizon_figures(rows, figures)
-    samples = sample_figures(rows, figures)
+    horizons = horizon_figures(furthest(rows), figures)
+    samples = sample_figures(furthest(rows), figures)
 
     def link(path: Path) -> str:
         return f"![{path.stem}]({path.relative_to(out.parent)})"

@@ -426,3 +426,18 @@ def test_evaluations_of_different_trainings_are_not_averaged(tmp_path):
     rows = evidence(text, "The stereo filters carry the disparity")
     assert sorted(cells[-1] for cells in rows.values()) == ["not shown", "shown"]
     assert all("n=2" not in cells[4] for cells in rows.values())
+
+
+def test_table_1_averages_seeds_at_one_step_and_keeps_each_step_apart(tmp_path):
+    """Checkpoints of one learning curve are rows of their own; seeds at one step are averaged."""
+    for name, seed, steps, bce in (("a", 1, 400, 600), ("b", 2, 400, 610), ("c", 1, 800, 550)):
+        metrics = {"test/bce": float(bce)}
+        fake_run(tmp_path / "runs", name, "moving_mnist", [f"seed={seed}"], steps=steps, **metrics)
+    report = load_script()
+    text = report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "R.md")]).read_text()
+    table = table_rows(text.split("## Table 1")[1].split("## Runs")[0])
+    ours = {cells[3]: cells[5] for label, cells in table.items() if label.endswith("_moving_mnist")}
+    assert ours == {
+        "400 (short; paper 20,000)": "**605 ± 7.071 (n=2)**",
+        "800 (short; paper 20,000)": "**550**",
+    }
