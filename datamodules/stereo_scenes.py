@@ -161,12 +161,14 @@ def load_texture_dir(path: str | Path, min_side: int) -> dict[str, list[np.ndarr
 
 @dataclass(frozen=True)
 class SceneSettings:
-    size: int = 64
-    min_layers: int = 2
-    max_layers: int = 5
-    max_disparity: float = 5.0
-    max_slant: float = 4.0
-    layout: str = "layers"
+    """What the generator draws; its defaults are those of ``StereoScenesDataModule``."""
+
+    size: int
+    min_layers: int
+    max_layers: int
+    max_disparity: float
+    max_slant: float
+    layout: str
 
 
 def _window_coordinates(

@@ -5,6 +5,7 @@ import hashlib
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,6 @@ from datamodules.steerable import SPLITS, load_images
 from datamodules.stereo import right_view_disparity
 from datamodules.stereo_scenes import (
     EVAL_SEEDS,
-    SceneSettings,
     StereoScenesDataModule,
     Textures,
     render_scene,
@@ -25,6 +25,9 @@ from datamodules.stream import sample_rng
 from dfn.errors import InputError
 from tests.conftest import ROOT
 from tests.test_stereo_data import check_stereo_batches
+
+# the data module's defaults, in the layout whose layers stand at independent depths
+LAYERS = StereoScenesDataModule(layout="layers").settings
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def warp_left(left: np.ndarray, disparity: np.ndarray) -> tuple[np.ndarray, np.n
 def test_right_view_is_the_left_view_moved_by_the_ground_truth(textures):
     errors, copy_errors, known = [], [], []
     for i in range(40):
-        left, right, disparity, *_ = render_scene(textures, sample_rng(1, i), SceneSettings())
+        left, right, disparity, *_ = render_scene(textures, sample_rng(1, i), LAYERS)
         warped, inside = warp_left(left, disparity)
         errors.append(np.abs(warped - right)[inside])
         copy_errors.append(np.abs(left - right)[inside])
@@ -61,9 +64,7 @@ def test_right_view_is_the_left_view_moved_by_the_ground_truth(textures):
 def test_occlusions_agree_with_splatting_the_left_disparity(textures):
     """Occluded right-view pixels are those the left view's disparity does not reach."""
     for i in range(10):
-        _, _, disparity, left_disparity, *_ = render_scene(
-            textures, sample_rng(2, i), SceneSettings()
-        )
+        _, _, disparity, left_disparity, *_ = render_scene(textures, sample_rng(2, i), LAYERS)
         splatted = right_view_disparity(left_disparity)
         source = np.arange(64)[None] + np.nan_to_num(disparity)
         inside = (source >= 1) & (source <= 62)  # the splat sees only the left crop
@@ -74,7 +75,7 @@ def test_occlusions_agree_with_splatting_the_left_disparity(textures):
 
 @pytest.mark.parametrize("slant", [0.0, 6.0])
 def test_one_layer_is_a_plane(textures, slant):
-    settings = SceneSettings(min_layers=1, max_layers=1, max_disparity=4.0, max_slant=slant)
+    settings = replace(LAYERS, min_layers=1, max_layers=1, max_disparity=4.0, max_slant=slant)
     for i in range(5):
         left, right, disparity, *_ = render_scene(textures, sample_rng(3, i), settings)
         assert np.isfinite(disparity).all()  # one layer occludes nothing
@@ -91,9 +92,9 @@ def test_one_layer_is_a_plane(textures, slant):
 
 
 def test_scenes_are_a_function_of_seed_and_index(textures):
-    a = render_scene(textures, sample_rng(7, 3), SceneSettings())
-    b = render_scene(textures, sample_rng(7, 3), SceneSettings())
-    c = render_scene(textures, sample_rng(8, 3), SceneSettings())
+    a = render_scene(textures, sample_rng(7, 3), LAYERS)
+    b = render_scene(textures, sample_rng(7, 3), LAYERS)
+    c = render_scene(textures, sample_rng(8, 3), LAYERS)
     assert all(np.array_equal(u, v, equal_nan=True) for u, v in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
 
@@ -241,7 +242,7 @@ def test_bad_setting_is_one_line_from_train_py(tmp_path):
 
 
 def test_ground_layout_stands_the_leaves_on_a_floor(textures):
-    settings = SceneSettings(layout="ground", max_disparity=4.0)
+    settings = replace(LAYERS, layout="ground", max_disparity=4.0)
     rows = np.arange(64)[:, None]
     floor = -4.0 + 8.0 * rows / 63
     for i in range(10):
