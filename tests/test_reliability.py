@@ -428,6 +428,12 @@ def tensorboard_scalars(run: Path, tag: str) -> dict[int, float]:
     return {e.step: e.value for e in events.Scalars(tag)}
 
 
+def csv_losses(path: Path) -> dict[int, str]:
+    """The training losses a CSVLogger wrote to ``path``: step -> value as written."""
+    with path.open(newline="") as file:
+        return {int(r["step"]): r["train/loss"] for r in csv.DictReader(file) if r["train/loss"]}
+
+
 def test_resumed_by_its_folder_continues_exactly_in_place(compose_run, tmp_path, capsys):
     """6 steps straight == 3 steps, then ``train.py resume=<run folder> trainer.max_steps=6``:
     composed from the run's saved config, in the same folder, with the same weights, optimizer,
@@ -438,6 +444,7 @@ def test_resumed_by_its_folder_continues_exactly_in_place(compose_run, tmp_path,
         "data.steps_per_epoch=2",
         "model.scheduler.step_size=2",
         "test=false",
+        "logger=[tensorboard,csv]",
     ]
     straight = compose_run("straight", [*overrides, "trainer.max_steps=6"])
     assert train_py(straight, capsys)[0] is None
@@ -462,6 +469,11 @@ def test_resumed_by_its_folder_continues_exactly_in_place(compose_run, tmp_path,
         assert sorted(halves) == sorted(straight_log) == list(range(6)), tag
         expected = list(straight_log.values())
         np.testing.assert_allclose([halves[s] for s in straight_log], expected, rtol=1e-5)
+    # the CSV rows of both sessions are kept, each session's in its own file
+    straight_csv = csv_losses(whole / "csv" / "metrics.csv")
+    halves_csv = [run / "csv" / "metrics.csv", run / "csv" / "resumed_at_step_3" / "metrics.csv"]
+    assert [sorted(csv_losses(path)) for path in halves_csv] == [[0, 1, 2], [3, 4, 5]]
+    assert {k: v for path in halves_csv for k, v in csv_losses(path).items()} == straight_csv
 
     record = OmegaConf.load(run / ".hydra" / "overrides.yaml")
     assert list(record) == [*overrides, "trainer.max_steps=3", "trainer.max_steps=6"]

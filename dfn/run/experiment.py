@@ -25,7 +25,7 @@ from dfn.run.checkpoints import (
     check_checkpoint,
     read_checkpoint,
 )
-from dfn.run.runs import record_resume, write_text_atomic
+from dfn.run.runs import record_resume, separate_csv_logs, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ def fit_and_test(cfg: DictConfig) -> dict:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt_path = cfg.get("ckpt_path")
     resumed = read_checkpoint(ckpt_path) if ckpt_path else None
+    if cfg.get("resume") and resumed is not None:
+        separate_csv_logs(cfg, resumed["global_step"])
     datamodule, model, trainer = build(cfg, resumed)
     if resumed is not None and 0 <= trainer.max_steps <= resumed["global_step"]:
         raise InputError(

@@ -115,6 +115,14 @@ def record_resume(run: Path, cfg: DictConfig) -> None:
     write_text_atomic(record, OmegaConf.to_yaml(OmegaConf.create([*earlier, *new])))
 
 
+def separate_csv_logs(cfg: DictConfig, step: int) -> None:
+    """Lightning's CSVLogger deletes the ``metrics.csv`` it finds in its folder, so a run resumed
+    in place writes its CSV rows to a folder of their own: ``csv/resumed_at_step_<step>/``."""
+    for logger in (cfg.get("logger") or {}).values():
+        if logger and str(logger.get("_target_")).endswith(".CSVLogger"):
+            logger.version = f"resumed_at_step_{step}"
+
+
 def resume_command(checkpoint: Path) -> str:
     """The train.py command line that resumes this run from ``checkpoint``."""
     run = run_folder(checkpoint)
