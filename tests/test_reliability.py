@@ -258,16 +258,6 @@ def train_cli(*overrides: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_unknown_key_is_refused_by_the_cli(tmp_path):
-    result = train_cli(
-        "experiment=steerable", "model.optimiser.lr=0.01", f"paths.log_dir={tmp_path}"
-    )
-    assert result.returncode != 0
-    assert "Could not override 'model.optimiser.lr'" in result.stderr
-    assert "Key 'optimiser' is not in struct" in result.stderr
-    assert not list(tmp_path.rglob("metrics.json"))
-
-
 def test_corrupt_data_file_through_the_cli(tmp_path):
     """A truncated HDF5 file: one line naming it, exit 1, no metrics or checkpoints written."""
     path = write_h5_atomic(

@@ -220,6 +220,17 @@ def test_a_run_folder_composes_its_own_config(run_folder, script, key, target, c
             "first checkpoint, so start it again",
         ),
         ("run", ["data=movingmnist"], "data=movingmnist: no such config; configs/data/ has "),
+        (
+            "resume",
+            ["resume={run}", "trainer.max_stepz=3"],
+            "trainer.max_stepz=3: trainer has no key 'max_stepz' (it has _target_, ",
+        ),
+        (
+            "resume",
+            ["experiment=highway", "+data.new=1", "model.predictor.filtering.kernel_sise=3"],
+            "model.predictor.filtering.kernel_sise=3: model.predictor.filtering has no key "
+            "'kernel_sise' (it has ",
+        ),
     ],
 )
 def test_a_run_that_cannot_be_named_is_one_line(run_folder, tmp_path, key, arguments, message):
@@ -230,6 +241,18 @@ def test_a_run_that_cannot_be_named_is_one_line(run_folder, tmp_path, key, argum
     with pytest.raises(InputError) as error:
         command_line(["train.py", *(a.format(**names) for a in arguments)], key, CONFIGS)
     assert str(error.value).startswith(message.format(**names))
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["experiment=highway", "+data.new=1", "~data.num_workers", "trainer.max_steps=3"],
+        ["-m", "experiment=steerable", "seed=1,2", "data.crop_size=33,65", "logger=[csv]"],
+        ["-m", "experiment=steerable,highway", "data.crop_size=33"],  # Hydra judges each job
+    ],
+)
+def test_keys_the_config_has_pass(arguments):
+    assert command_line(["train.py", *arguments], "resume", CONFIGS) == ["train.py", *arguments]
 
 
 # --------------------------------------------------------------------------- from the command line
@@ -292,6 +315,12 @@ CLI_FAILURES = {
         "train.py",
         ["experiment=moving_mnistt"],
         f"error: experiment=moving_mnistt: no such config; configs/experiment/ has {EXPERIMENTS}",
+    ),
+    "misspelt key": (
+        "train.py",
+        ["experiment=steerable", "model.optimiser.lr=1"],
+        "error: model.optimiser.lr=1: model has no key 'optimiser' (it has _target_, kernel_size, "
+        "sigma, generator, optimizer, scheduler); a new key takes a +: +model.optimiser.lr=1",
     ),
     "run folder without a config": (
         "train.py",

@@ -9,7 +9,12 @@ import re
 import shlex
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
+from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
@@ -48,6 +53,44 @@ def check_choices(overrides: list[str], configs: Path) -> None:
             raise InputError(f"{override}: no such config; configs/{group.name}/ has {options}")
 
 
+def check_keys(argv: list[str], configs: Path) -> None:
+    """A key that the composed config does not have (``model.optimiser.lr=1``: a typo, or a new
+    key without its ``+``) is one line. The config is composed from the config groups chosen;
+    values, and sweeps over them, are left to Hydra, as is a sweep over config groups."""
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [arg for arg in argv[1:] if not arg.startswith("-")]
+        )
+    except OverrideParseException:
+        return  # Hydra says what is wrong with the syntax
+    config_name = next(
+        (a.partition("=")[2] for a in argv[1:] if a.startswith("--config-name=")), "train"
+    )
+    groups = [o for o in overrides if (configs / o.key_or_group).is_dir()]
+    if any(o.is_sweep_override() for o in groups):
+        return
+    composing = [o.input_line for o in groups if o.input_line]
+    composing += [o.input_line for o in overrides if o.key_or_group == "hydra.searchpath"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(configs.resolve()), version_base="1.3"):
+        cfg = compose(config_name, overrides=composing)
+    for override in overrides:
+        key = override.key_or_group
+        if override.type != OverrideType.CHANGE or key.startswith("hydra") or override in groups:
+            continue
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            node = OmegaConf.select(cfg, ".".join(parts[:i]), throw_on_resolution_failure=False)
+            if not isinstance(node, DictConfig):
+                break  # inside a list or a value: Hydra's to judge
+            if part not in node:
+                where = ".".join(parts[:i]) or "the config"
+                raise InputError(
+                    f"{override.input_line}: {where} has no key {part!r} (it has "
+                    f"{', '.join(map(str, node))}); a new key takes a +: +{override.input_line}"
+                )
+
+
 def command_line(argv: list[str], key: str, configs: Path) -> list[str]:
     """``argv`` for Hydra, checked. ``key=<run folder, or a checkpoint in one>`` (train.py's
     ``resume``, eval.py's ``run``) becomes the options that compose the run's saved config
@@ -57,6 +100,7 @@ def command_line(argv: list[str], key: str, configs: Path) -> list[str]:
     check_choices(overrides, configs)
     given = [arg for arg in overrides if arg.startswith(f"{key}=")]
     if not given:
+        check_keys(argv, configs)
         return argv
     value = given[-1].partition("=")[2]
     path = Path(value).expanduser().resolve()
@@ -83,7 +127,7 @@ def command_line(argv: list[str], key: str, configs: Path) -> list[str]:
                 f"{override}: {key}= uses the run's composed config, where no config group can be "
                 "chosen; set values instead (e.g. trainer.accelerator=gpu)"
             )
-    return [
+    argv = [
         argv[0],
         f"--config-name={RUN_KEYS[key]}",
         f"hydra.searchpath=[{hydra_string(f'file://{run / RUN_CONFIG.parent}')}]",
@@ -91,6 +135,8 @@ def command_line(argv: list[str], key: str, configs: Path) -> list[str]:
         f"ckpt_path={hydra_string(str(checkpoint))}",
         *(arg for arg in argv[1:] if arg not in given),
     ]
+    check_keys(argv, configs)
+    return argv
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
