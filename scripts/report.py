@@ -29,6 +29,7 @@ from pathlib import Path
 import hydra
 import matplotlib
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchvision.utils import save_image
@@ -88,7 +89,16 @@ class Run:
 
     @property
     def command(self) -> str:
-        return shlex.join(["python", f"{self.job}.py", *self.overrides])
+        """The command line that made the run, as a user types it: ``eval.py run=<checkpoint>``
+        reaches Hydra, and its record, as ``++run=<folder> ckpt_path=<checkpoint>`` (see
+        ``dfn.run.runs.command_line``)."""
+        overrides = self.overrides
+        if any(o.startswith("++run=") for o in overrides):
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            checkpoint = next(o.value() for o in parsed if o.key_or_group == "ckpt_path")
+            rest = [o for o in overrides if not o.startswith(("++run=", "ckpt_path="))]
+            overrides = [f"run={checkpoint}", *rest]
+        return shlex.join(["python", f"{self.job}.py", *overrides])
 
     @property
     def configuration(self) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,11 @@ def test_eval_by_run_folder_with_another_test_set(smoke_runs, tmp_path):
     assert f"Run folder: {metrics_path.parent}" in result.stdout
     config = OmegaConf.load(metrics_path.parent / ".hydra" / "config.yaml")
     assert config.data.test_path == str(test_file) and config.trainer.max_steps == 4  # debug=smoke
+    # the report shows the command as it was typed
+    (kept,) = load_script().find_runs([metrics_path.parent])
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    typed = [f"run={checkpoint}", f"data.test_path={test_file}", f"paths.log_dir={tmp_path}"]
+    assert kept.command == shlex.join(["python", "eval.py", *typed])
 
 
 def test_report_has_every_table_1_row_and_its_figures(smoke_runs, tmp_path):
