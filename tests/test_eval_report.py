@@ -23,7 +23,7 @@ from torchvision.io import decode_png, read_file
 from dfn.errors import InputError
 from dfn.reference_results import PAPER_RESULTS
 from dfn.run.experiment import evaluate
-from tests.conftest import ROOT, smoke_overrides
+from tests.conftest import ROOT, run_script, smoke_overrides
 
 # Moving MNIST with 2 input and 2 predicted frames: per-horizon metrics at a tenth of the cost.
 SHORT_VIDEO = ["model.num_input=2", "model.num_predicted=2"]
@@ -31,18 +31,6 @@ RUNS = {
     "stereo": ["experiment=stereo", *smoke_overrides("stereo")],
     "moving_mnist": ["experiment=moving_mnist", *smoke_overrides("moving_mnist"), *SHORT_VIDEO],
 }
-
-
-def run_script(script: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 def load_script(name: str = "report"):

@@ -6,8 +6,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -29,7 +27,7 @@ from dfn.run.cli import reporting_user_errors
 from dfn.run.experiment import check_reach, fit_and_test
 from dfn.run.runs import command_line
 from dfn.tasks.steerable import SteerableFilterTask
-from tests.conftest import ROOT, compose_config, smoke_overrides
+from tests.conftest import ROOT, compose_config, run_script, smoke_overrides
 
 CONFIGS = ROOT / "configs"
 LAST = Path("checkpoints") / "last.ckpt"
@@ -246,18 +244,6 @@ def test_full_error_shows_the_traceback(compose_cfg, monkeypatch):
         fit_and_test(compose_cfg(["experiment=steerable", "model.optimizer.lr=fast"]))
 
 
-def train_cli(*overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_corrupt_data_file_through_the_cli(tmp_path):
     """A truncated HDF5 file: one line naming it, exit 1, no metrics or checkpoints written."""
     path = write_h5_atomic(
@@ -268,7 +254,8 @@ def test_corrupt_data_file_through_the_cli(tmp_path):
         },
     )
     path.write_bytes(path.read_bytes()[:3000])
-    result = train_cli(
+    result = run_script(
+        "train.py",
         "experiment=stereo",
         f"data.train_path={path}",
         f"data.test_path={path}",

@@ -13,8 +13,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from dfn.run.experiment import evaluate, fit_and_test
-from tests.conftest import smoke_overrides
-from tests.test_eval_report import SHORT_VIDEO, load_script, run_script, scores
+from tests.conftest import run_script, smoke_overrides
+from tests.test_eval_report import SHORT_VIDEO, load_script, scores
 
 
 def test_seed_sweep_gets_one_folder_per_job_and_a_mean_and_spread(tmp_path, data_dir):

@@ -1,9 +1,6 @@
 """The training entry point on the real configs: composition, smoke runs, resuming, bad input."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import hydra
@@ -17,7 +14,7 @@ from dfn.errors import InputError
 from dfn.models.predictor import ConvHead, FilterHead
 from dfn.run.experiment import fit_and_test
 from dfn.tasks.metrics import METRICS
-from tests.conftest import EXPERIMENTS, ROOT, smoke_overrides
+from tests.conftest import EXPERIMENTS, ROOT, run_script, smoke_overrides
 
 PARAMETERS = {  # the authors' counts (../shared/REFERENCE_SETUP.md); steerable: 1-64-128-81 MLP
     "steerable": 18_897,
@@ -119,21 +116,9 @@ def test_non_numeric_learning_rate_is_refused(compose_cfg):
         fit_and_test(cfg)
 
 
-def run_train(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "DFN_ROOT")}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
 def test_user_error_is_one_line_without_traceback(tmp_path):
-    result = run_train(
-        "experiment=steerable", "model.optimizer.lr=fast", f"paths.log_dir={tmp_path}"
+    result = run_script(
+        "train.py", "experiment=steerable", "model.optimizer.lr=fast", f"paths.log_dir={tmp_path}"
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
@@ -154,7 +139,7 @@ def test_cli_overrides_reach_the_optimizer(compose_cfg):
 
 def test_runs_go_under_outputs_in_the_directory_train_py_is_run_from(tmp_path):
     """Hydra makes the run folder before the run starts, so a refused config leaves one there."""
-    result = run_train("experiment=steerable", "model.optimizer.lr=fast", cwd=tmp_path)
+    result = run_script("train.py", "experiment=steerable", "model.optimizer.lr=fast", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     assert run_dir.name.endswith("_steerable") and (run_dir / ".hydra" / "config.yaml").is_file()
