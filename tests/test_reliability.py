@@ -334,6 +334,7 @@ def uses_stream_loader(cfg) -> bool:
         ("steerable", 2, "max_steps"),  # mid-epoch: max_steps=3, then resumed to 6
         ("steerable", 3, "SIGINT"),  # at the end of an epoch, by Ctrl-C
         ("highway", 2, "SIGTERM"),  # mid-epoch, by SIGTERM
+        ("steerable", 2, "killed"),  # killed at step 4 without saving; last.ckpt is step 3's
     ],
 )
 def test_resumed_run_continues_exactly(
@@ -370,6 +371,17 @@ def test_resumed_run_continues_exactly(
     if stop == "max_steps":
         first = compose_run("first", [*overrides, "trainer.max_steps=3"])
         assert train_py(first, capsys)[0] is None
+    elif stop == "killed":  # the periodic last.ckpt; a second Ctrl-C stops at once, unsaved
+        periodic = "callbacks.last_checkpoint.every_n_train_steps=3"
+        first = compose_run("first", [*overrides, "trainer.max_steps=6", periodic])
+        add_callback(first, step=4, signum=signal.SIGINT, times=2)
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            code, stderr = train_py(first, capsys)
+        finally:
+            signal.signal(signal.SIGINT, handler)
+        assert code == 1
+        assert "Stopped at once at step 4" in stderr
     else:
         first = compose_run("first", [*overrides, "trainer.max_steps=6"])
         add_callback(first, step=3, signum=getattr(signal, stop))

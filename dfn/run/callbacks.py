@@ -86,9 +86,18 @@ class LastCheckpoint(Callback):
     saving, since an interrupt inside an optimizer step would leave a torn state. A normal end
     saves too: ModelCheckpoint writes ``last.ckpt`` only after a validation, so a run that
     ``max_steps`` stops mid-epoch would leave an older one.
+
+    ``every_n_train_steps`` also saves it every that many steps (0: never), so that a run killed
+    without a signal (a lost machine, ``kill -9``) loses at most that many steps.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, every_n_train_steps: int = 0) -> None:
+        if not isinstance(every_n_train_steps, int) or every_n_train_steps < 0:
+            raise InputError(
+                f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps!r}; "
+                "expected an integer >= 0 (0: only when the run stops)"
+            )
+        self.every_n_train_steps = every_n_train_steps
         self.previous_sigint = None
         self.ctrl_c = False
 
@@ -121,6 +130,11 @@ class LastCheckpoint(Callback):
         # logging step is the global step.
         if pl_module.automatic_optimization and trainer.accumulate_grad_batches == 1:
             set_logging_step(trainer, trainer.global_step)
+
+    def on_train_batch_end(self, trainer: Trainer, *args) -> None:
+        n, step = self.every_n_train_steps, trainer.global_step
+        if n and step % n == 0 and not trainer.fast_dev_run:
+            trainer.save_checkpoint(last_checkpoint(trainer), weights_only=False)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore_sigint()
