@@ -1,5 +1,6 @@
 """Evaluate a checkpoint on the experiment's test set: python eval.py run=outputs/runs/<run>, or
-python eval.py experiment=moving_mnist ckpt_path=outputs/runs/.../checkpoints/step_020000.ckpt"""
+python eval.py experiment=moving_mnist ckpt_path=outputs/runs/.../checkpoints/step_020000.ckpt,
+or the weights that ship with the project: python eval.py pretrained=moving_mnist"""
 
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from omegaconf import DictConfig
 
 from dfn.run.cli import reporting_user_errors
 from dfn.run.experiment import evaluate
+from dfn.run.pretrained import pretrained_argv
 from dfn.run.runs import command_line
 
 
@@ -20,5 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     with reporting_user_errors():
-        sys.argv = command_line(sys.argv, "run", Path(__file__).parent / "configs")
+        sys.argv = command_line(pretrained_argv(sys.argv), "run", Path(__file__).parent / "configs")
     main()
