@@ -12,19 +12,18 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from dfn.errors import InputError
 from dfn.models.predictor import DynamicFilterPredictor
-from dfn.ops.cpp import cpu_model
 from dfn.run.checkpoints import (
     AtomicCheckpointIO,
     CheckpointIdentity,
     check_checkpoint,
     read_checkpoint,
 )
+from dfn.run.hardware import choose_precision, device
 from dfn.run.runs import record_resume, separate_csv_logs, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -101,18 +100,16 @@ def build(
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks.append(CheckpointIdentity(cfg.name))  # not a config option: checked on loading
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    precision, why = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    log.info("trainer.precision=%s: %s", precision, why)
     trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        precision=precision,
     )
     return datamodule, model, trainer
-
-
-def device_name(trainer: L.Trainer) -> str:
-    device = trainer.strategy.root_device
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} x{trainer.world_size}"
-    processes = f" x{trainer.world_size} processes" if trainer.world_size > 1 else ""
-    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads{processes}"
 
 
 def write_metrics(output_dir: str | Path, metrics: dict, name: str = "metrics.json") -> Path:
@@ -160,7 +157,8 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "parameters": model.num_parameters,
         "steps": trainer.global_step,
         "train_wall_time_s": round(time.perf_counter() - start, 2),
-        "device": device_name(trainer),
+        "device": device(trainer),
+        "precision": trainer.precision,
     }
     if ckpt_path:
         metrics["resumed_from"] = str(Path(ckpt_path).resolve())
@@ -188,10 +186,12 @@ def evaluate(cfg: DictConfig) -> dict:
         "parameters": model.num_parameters,
         "steps": checkpoint["global_step"],
         "checkpoint": str(Path(ckpt_path).resolve()),
-        "device": device_name(trainer),
+        "device": device(trainer),
+        "precision": trainer.precision,
     }
-    if cfg.get("run"):
-        metrics["run"] = cfg.run
+    for key in ("run", "pretrained"):
+        if cfg.get(key):
+            metrics[key] = cfg[key]
     test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics.update(scalars(test[0]))
     return finish(trainer, output_dir, metrics)
