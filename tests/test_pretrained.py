@@ -7,14 +7,17 @@ import json
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
+from PIL import Image
 
 import dfn
 import dfn.run.pretrained as shipped
 from dfn.errors import InputError
 from dfn.reference_results import PAPER_RESULTS
-from dfn.run.checkpoints import IDENTITY, read_checkpoint
+from dfn.run.checkpoints import IDENTITY, identity, read_checkpoint
 from dfn.run.experiment import evaluate
 from dfn.run.pretrained import export, pretrained_argv
 from tests.conftest import ROOT, run_script, smoke_overrides
@@ -119,3 +122,47 @@ def test_every_shipped_file_is_a_trained_model_of_its_experiment(path, compose_c
             m.loss(*m.predict(batch)[:2]).item() for m in (model, untrained)
         )
     assert trained_loss < 0.5 * untrained_loss
+
+
+def untrained_export(compose_cfg, experiment: str, overrides: list[str], out: Path) -> Path:
+    """An exported file of ``experiment``'s network at its initial weights."""
+    cfg = compose_cfg([f"experiment={experiment}", *overrides])
+    model = hydra.utils.instantiate(cfg.model)
+    record = {
+        "state_dict": model.state_dict(),
+        "global_step": 0,
+        "epoch": 0,
+        "pytorch-lightning_version": "2.6",
+        IDENTITY: identity(experiment, model),
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+    }
+    torch.save(record, out)
+    return out
+
+
+def test_animation_shows_the_input_then_each_models_prediction(compose_cfg, data_dir, tmp_path):
+    short = ["model.num_input=2", "model.num_predicted=2"]
+    models = [
+        untrained_export(compose_cfg, name, short, tmp_path / f"{name}.pt")
+        for name in ("moving_mnist", "moving_mnist_baseline")
+    ]
+    gif = tmp_path / "animation.gif"
+    overrides = [*short, "data.test_size=4", "data.val_size=4", f"paths.data_dir={data_dir}"]
+    done = run_script("scripts/animate.py", *map(str, models), "-o", str(gif), *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = Image.open(gif)
+    assert image.n_frames == 4  # 2 input frames, 2 predicted
+    frames = []
+    for t in range(4):
+        image.seek(t)
+        frames.append(np.asarray(image.convert("RGB")).astype(int))
+    # columns: ground truth, DFN, baseline, DFN flow; a 128-pixel frame (64 x 2) in a 2-pixel
+    # border, 2 pixels apart; the first sequence below the 14-pixel line of labels
+    assert frames[0].shape[1] == 4 * 134 + 2
+
+    def tile(t: int, c: int) -> np.ndarray:
+        return frames[t][18 : 18 + 128, 134 * c + 4 : 134 * c + 4 + 128]
+
+    assert np.array_equal(tile(0, 0), tile(0, 1)) and np.array_equal(tile(0, 0), tile(0, 2))
+    assert not np.array_equal(tile(3, 0), tile(3, 1))  # a prediction, not the truth
+    assert (tile(0, 3) == 255).all() and not (tile(3, 3) == 255).all()  # flow once predicting

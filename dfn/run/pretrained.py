@@ -82,14 +82,22 @@ def pretrained_argv(argv: list[str]) -> list[str]:
     ]
 
 
+def load(source: str | Path) -> tuple[LightningModule, dict]:
+    """The model in an exported file (``source`` a path) or in ``pretrained/<source>.pt``, in
+    eval mode, and the file's record without the weights (its identity, step, origin)."""
+    path = Path(source)
+    if path.suffix != ".pt" or not path.is_file():
+        path = pretrained_path(str(source))
+    checkpoint = read_checkpoint(path)
+    if "model_config" not in checkpoint or IDENTITY not in checkpoint:
+        raise InputError(f"cannot load {path}: not written by scripts/export_pretrained.py")
+    model = hydra.utils.instantiate(checkpoint.pop("model_config"))
+    check_checkpoint(checkpoint, path, checkpoint[IDENTITY]["experiment"], model)
+    model.load_state_dict(checkpoint.pop("state_dict"))
+    return model.eval().requires_grad_(False), checkpoint
+
+
 def pretrained(experiment: str) -> LightningModule:
     """The shipped model of ``experiment`` with its trained weights, in eval mode:
     ``dfn.pretrained("moving_mnist")``."""
-    path = pretrained_path(experiment)
-    checkpoint = read_checkpoint(path)
-    if "model_config" not in checkpoint:
-        raise InputError(f"cannot load {path}: no model_config; write it with export()")
-    model = hydra.utils.instantiate(checkpoint["model_config"])
-    check_checkpoint(checkpoint, path, experiment, model)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval().requires_grad_(False)
+    return load(pretrained_path(experiment))[0]
