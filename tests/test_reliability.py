@@ -334,7 +334,7 @@ def uses_stream_loader(cfg) -> bool:
         ("steerable", 2, "max_steps"),  # mid-epoch: max_steps=3, then resumed to 6
         ("steerable", 3, "SIGINT"),  # at the end of an epoch, by Ctrl-C
         ("highway", 2, "SIGTERM"),  # mid-epoch, by SIGTERM
-        ("steerable", 2, "killed"),  # killed at step 4 without saving; last.ckpt is step 3's
+        ("steerable", 2, "killed"),  # killed at step 3 without saving, after the periodic save
     ],
 )
 def test_resumed_run_continues_exactly(
@@ -372,16 +372,16 @@ def test_resumed_run_continues_exactly(
         first = compose_run("first", [*overrides, "trainer.max_steps=3"])
         assert train_py(first, capsys)[0] is None
     elif stop == "killed":  # the periodic last.ckpt; a second Ctrl-C stops at once, unsaved
-        periodic = "callbacks.last_checkpoint.every_n_train_steps=3"
+        periodic = "callbacks.last_checkpoint.every_n_train_steps=1"
         first = compose_run("first", [*overrides, "trainer.max_steps=6", periodic])
-        add_callback(first, step=4, signum=signal.SIGINT, times=2)
+        add_callback(first, step=3, signum=signal.SIGINT, times=2)
         handler = signal.getsignal(signal.SIGINT)
         try:
             code, stderr = train_py(first, capsys)
         finally:
             signal.signal(signal.SIGINT, handler)
         assert code == 1
-        assert "Stopped at once at step 4" in stderr
+        assert "Stopped at once at step 3" in stderr
     else:
         first = compose_run("first", [*overrides, "trainer.max_steps=6"])
         add_callback(first, step=3, signum=getattr(signal, stop))
@@ -391,6 +391,8 @@ def test_resumed_run_continues_exactly(
         assert f"Resume with: python train.py resume={tmp_path / 'first' / 'run'}\n" in stderr
     runs = [tmp_path / name / "run" for name in ("straight", "first", "resumed")]
     last = runs[1] / "checkpoints" / "last.ckpt"
+    # one file, which the periodic save and ModelCheckpoint's after each epoch overwrite
+    assert [p.name for p in last.parent.glob("last*")] == ["last.ckpt"]
     assert torch.load(last, weights_only=True)["global_step"] == 3
     resumed = compose_run("resumed", [*overrides, "trainer.max_steps=6", f"ckpt_path={last}"])
     assert train_py(resumed, capsys)[0] is None
@@ -405,9 +407,13 @@ def test_resumed_run_continues_exactly(
     torch.testing.assert_close(b["optimizer_states"], a["optimizer_states"])
     assert b["lr_schedulers"] == a["lr_schedulers"]
     for key in ("train/loss", "lr-Adam"):
+        # A kill loses the loss of the step the periodic save ends: Lightning logs it after the
+        # callbacks' on_train_batch_end, where the checkpoint was written.
+        lost = {2} if stop == "killed" and key == "train/loss" else set()
+        steps = [s for s in range(6) if s not in lost]
         whole, halves = logged(runs[0], key), {**logged(runs[1], key), **logged(runs[2], key)}
-        assert sorted(whole) == sorted(halves) == list(range(6)), key
-        np.testing.assert_allclose([halves[s] for s in whole], list(whole.values()), rtol=1e-5)
+        assert sorted(whole) == list(range(6)) and sorted(halves) == steps, key
+        np.testing.assert_allclose([halves[s] for s in steps], [whole[s] for s in steps], rtol=1e-5)
 
 
 def tensorboard_scalars(run: Path, tag: str) -> dict[int, float]:

@@ -135,6 +135,8 @@ class LastCheckpoint(Callback):
         n, step = self.every_n_train_steps, trainer.global_step
         if n and step % n == 0 and not trainer.fast_dev_run:
             trainer.save_checkpoint(last_checkpoint(trainer), weights_only=False)
+            for logger in trainer.loggers:  # the logs, too, reach the checkpoint's step
+                logger.save()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore_sigint()
