@@ -74,7 +74,7 @@ def test_eval_of_the_pretrained_file_equals_eval_of_the_checkpoint(
     assert argv[1:4] == [
         "experiment=steerable",
         f"ckpt_path='{pretrained_dir / 'steerable.pt'}'",
-        "pretrained=steerable",
+        "++pretrained=steerable",
     ]
     from_file = evaluate(compose_cfg(argv[1:], config_name="eval"))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["pretrained"] == "steerable"

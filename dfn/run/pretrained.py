@@ -77,7 +77,7 @@ def pretrained_argv(argv: list[str]) -> list[str]:
         argv[0],
         f"experiment={experiment}",
         f"ckpt_path={hydra_string(str(path))}",
-        f"pretrained={experiment}",
+        f"++pretrained={experiment}",  # ++: check_keys knows only train.yaml
         *rest,
     ]
 
