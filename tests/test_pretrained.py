@@ -166,3 +166,20 @@ def test_animation_shows_the_input_then_each_models_prediction(compose_cfg, data
     assert np.array_equal(tile(0, 0), tile(0, 1)) and np.array_equal(tile(0, 0), tile(0, 2))
     assert not np.array_equal(tile(3, 0), tile(3, 1))  # a prediction, not the truth
     assert (tile(0, 3) == 255).all() and not (tile(3, 3) == 255).all()  # flow once predicting
+
+
+def test_stereo_animation_shows_a_scene_a_frame(compose_cfg, data_dir, tmp_path):
+    models = [
+        untrained_export(compose_cfg, name, [], tmp_path / f"{name}.pt")
+        for name in ("stereo_scenes", "stereo_scenes_baseline")
+    ]
+    gif = tmp_path / "stereo.gif"
+    overrides = ["data.test_size=2", "data.val_size=2", f"paths.data_dir={data_dir}"]
+    done = run_script(
+        "scripts/animate.py", *map(str, models), "-o", str(gif), "--samples", "2", *overrides
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = Image.open(gif)
+    assert image.n_frames == 2  # a test scene a frame
+    # left view, right view, DFN, baseline, DFN disparity, true disparity
+    assert image.size[0] == 6 * 134 + 2
