@@ -21,8 +21,9 @@ from omegaconf import OmegaConf
 from dfn.errors import InputError
 from dfn.run import checkpoints
 from dfn.run.checkpoints import AtomicCheckpointIO, check_checkpoint, identity, read_checkpoint
+from dfn.run.cli import command_line
 from dfn.run.experiment import fit_and_test
-from dfn.run.runs import RUN_CONFIG, command_line
+from dfn.run.folder import RUN_CONFIG, named_checkpoint
 from tests.conftest import ROOT, smoke_overrides
 
 CONFIGS = ROOT / "configs"
@@ -190,10 +191,13 @@ def test_a_run_folder_composes_its_own_config(run_folder, script, key, target, c
         cfg = compose(argv[1].split("=")[1], overrides=argv[2:], return_hydra_config=True)
     GlobalHydra.instance().clear()
     assert cfg.name == "steerable" and cfg.seed == 7  # the run's config, the override on top
-    assert cfg[key] == str(run_folder)
-    assert cfg.ckpt_path == str(run_folder / "checkpoints" / checkpoint)
-    if key == "resume":
+    if key == "resume":  # continued in the run's folder, from the checkpoint
+        assert cfg.resume == str(run_folder)
+        assert cfg.ckpt_path == str(run_folder / "checkpoints" / checkpoint)
         assert cfg.hydra.run.dir == str(run_folder) and cfg.hydra.output_subdir is None
+    else:  # as typed, which the new run's record keeps; eval.py finds the checkpoint from it
+        assert cfg.run == str(run_folder / target) and cfg.ckpt_path is None
+        assert named_checkpoint(cfg.run, "run")[1] == run_folder / "checkpoints" / checkpoint
 
 
 @pytest.mark.parametrize(
@@ -344,17 +348,18 @@ def test_command_line_failure_is_one_line(cli_failures, name):
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io_plugin = AtomicCheckpointIO()
-    io_plugin.save_checkpoint({"global_step": 1}, path)
+    io_plugin.save_checkpoint({"state_dict": {}, "global_step": 1}, path)
 
     def disk_full(obj, f):
         f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        io_plugin.save_checkpoint({"global_step": 2}, path)
+    with pytest.raises(OSError, match="No space left") as error:
+        io_plugin.save_checkpoint({"state_dict": {}, "global_step": 2}, path)
     monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"global_step": 1}
+    assert error.value.filename == str(path)  # named, however deep the write failed
+    assert read_checkpoint(path)["global_step"] == 1
     assert os.listdir(tmp_path) == ["last.ckpt"]
 
 
@@ -367,7 +372,7 @@ save = torch.save
 
 
 def dying_save(obj, f):
-    if getattr(f, "name", "").endswith(".last.ckpt.tmp") and obj["global_step"] == 4:
+    if ".last.ckpt." in getattr(f, "name", "") and obj["global_step"] == 4:
         buffer = io.BytesIO()
         save(obj, buffer)
         f.write(buffer.getvalue()[: buffer.tell() // 2])
@@ -405,7 +410,8 @@ def test_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path, data
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
-    assert (run / "checkpoints" / ".last.ckpt.tmp").stat().st_size > 0  # what the kill left
+    (left,) = (run / "checkpoints").glob(".last.ckpt.*.tmp")  # what the kill left
+    assert left.stat().st_size > 0
     assert read_checkpoint(last)["global_step"] == 2
 
     resumed = subprocess.run(
@@ -419,7 +425,6 @@ def test_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path, data
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Run folder: {run}" in resumed.stdout
     assert read_checkpoint(last)["global_step"] == 4
-    assert not (run / "checkpoints" / ".last.ckpt.tmp").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["resumed_from"] == str(last)
     assert not outputs.exists()  # no other run folder
