@@ -6,6 +6,9 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -23,6 +26,7 @@ import datamodules.moving_mnist as mm
 from datamodules.h5 import read_frames, write_h5_atomic
 from datamodules.stream import StreamLoader
 from dfn.errors import InputError
+from dfn.run.checkpoints import read_checkpoint
 from dfn.run.cli import command_line, reporting_user_errors
 from dfn.run.experiment import check_reach, fit_and_test
 from dfn.tasks.steerable import SteerableFilterTask
@@ -307,6 +311,65 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def process_group(leader: int) -> list[int]:
+    """The processes of ``leader``'s process group."""
+    group = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[2]) == leader:  # after the name: state, ppid, pgrp
+            group.append(int(stat.parent.name))
+    return group
+
+
+def test_sigterm_to_the_process_group_with_data_workers_saves_last_ckpt(tmp_path, data_dir):
+    """What a cluster's time limit, ``timeout``, ``docker stop`` and systemd do: SIGTERM to the
+    run's whole process group, its data workers included. The workers leave it to the main
+    process: the step finishes, last.ckpt is saved, the resume command printed, exit 143; and
+    the run resumes from it."""
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    overrides = [
+        "experiment=steerable",
+        *smoke_overrides("steerable"),
+        "data.num_workers=2",
+        "data.steps_per_epoch=50",
+        "trainer.max_steps=100000",
+        "callbacks.last_checkpoint.every_n_train_steps=5",
+        f"hydra.run.dir={run}",
+        f"paths.log_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a job of a cluster or a shell has
+    )
+    last = run / LAST
+    deadline = time.monotonic() + 200
+    while not last.is_file():  # the first periodic save: training, with its workers up
+        assert time.monotonic() < deadline and first.poll() is None, "no checkpoint was saved"
+        time.sleep(0.1)
+    assert len(process_group(first.pid)) >= 3  # the run and its two data workers
+    os.killpg(first.pid, signal.SIGTERM)
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 143, stderr[-3000:]
+    step = read_checkpoint(last)["global_step"]
+    assert f"Stopped by SIGTERM at step {step}; saved {last}\n" in stderr
+    assert f"Resume with: python train.py resume={run}\n" in stderr
+    assert "Traceback" not in stderr
+
+    resumed = run_script("train.py", f"resume={run}", f"trainer.max_steps={step + 2}", "test=false")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == step + 2
+
+
 def test_second_ctrl_c_stops_at_once_without_saving(compose_cfg, tmp_path, capsys):
     cfg = compose_cfg(
         [
@@ -366,11 +429,10 @@ def test_resumed_run_continues_exactly(
     if experiment == "steerable":
         overrides += ["model.scheduler.step_size=2"]  # the LR changes within the run
     straight = compose_run("straight", [*overrides, "trainer.max_steps=6"])
-    if not uses_stream_loader(straight):
-        pytest.xfail(
-            "an exact resume needs the data module's train_dataloader to return a "
-            "datamodules.stream.StreamLoader"
-        )
+    # an exact resume needs the position in the stream, which the StreamLoader saves
+    assert uses_stream_loader(straight), (
+        "the train_dataloader is no datamodules.stream.StreamLoader"
+    )
     assert train_py(straight, capsys)[0] is None
 
     if stop == "max_steps":
@@ -473,7 +535,7 @@ def test_resumed_by_its_folder_continues_exactly_in_place(compose_run, tmp_path,
     assert list(record) == [*overrides, "trainer.max_steps=3", "trainer.max_steps=6"]
     assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.max_steps == 6
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 6 and metrics["resumed_from"] == str(run / LAST)
+    assert metrics["steps"] == 6 and metrics["resumed_from"] == str(LAST)
     assert [earlier["steps"] for earlier in metrics["history"]] == [3]
 
 

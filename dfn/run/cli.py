@@ -92,8 +92,11 @@ def reporting_user_errors() -> Iterator[None]:
 
 
 def hydra_string(value: str) -> str:
-    """``value`` quoted for a Hydra override, so that commas, spaces and quotes in a path stay
-    in it. Hydra's grammar escapes a quote, and the backslashes before a quote or the end."""
+    """``value`` as a Hydra override's value: as it is when plain, else quoted, so that commas,
+    spaces and quotes in a path stay in it. Hydra's grammar escapes a quote, and the backslashes
+    before a quote or the end."""
+    if OPTION.fullmatch(value):
+        return value
     escaped = re.sub(r"(\\*)('|\Z)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), value)
     return f"'{escaped}'"
 

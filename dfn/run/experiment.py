@@ -121,19 +121,20 @@ def scalars(metrics: dict) -> dict[str, float]:
 
 def test(
     trainer: L.Trainer, model: L.LightningModule, datamodule, ckpt_path: str | None, run: RunFolder
-) -> dict[str, float]:
-    """Test the checkpoint ``ckpt_path`` ("best", a file, or None for the weights in memory);
-    its figures go into the run folder beside metrics.json."""
+) -> dict:
+    """Test the checkpoint ``ckpt_path`` ("best", a file, or None for the weights in memory):
+    its metrics, and the names of the figures it drew into the run folder."""
     result = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.is_global_zero:
         run.write_images(model.test_images)
-    return scalars(result[0])
+    return {**scalars(result[0]), "figures": [f"{name}.png" for name in model.test_images]}
 
 
 def finish(trainer: L.Trainer, run: RunFolder, metrics: dict) -> dict:
     """Rank 0 writes metrics.json, with the code's version, and names the run folder."""
+    metrics = {**metrics, "code": code_version()}
     if trainer.is_global_zero:
-        log.info("metrics: %s", run.write_metrics({**metrics, "code": code_version()}))
+        log.info("metrics: %s", run.write_metrics(metrics))
         print(f"Run folder: {run.path}")
     return metrics
 
@@ -141,7 +142,7 @@ def finish(trainer: L.Trainer, run: RunFolder, metrics: dict) -> dict:
 def fit_and_test(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, and write metrics.json and the test's figures in the run
     folder. ``resume=<run>`` continues the run in its folder, from ``cfg.ckpt_path``."""
-    run = RunFolder.current(cfg)
+    run = RunFolder.current()
     ckpt_path = cfg.get("ckpt_path")
     resumed = run.resume_from(cfg)
     datamodule, model, trainer = build(cfg, resumed, ckpt_path)
@@ -177,7 +178,7 @@ def evaluate(cfg: DictConfig) -> dict:
         trained, ckpt_path = None, Path(cfg.ckpt_path)
     else:
         raise InputError("give the checkpoint to evaluate: run=<run folder> or ckpt_path=<file>")
-    run = RunFolder.current(cfg)
+    run = RunFolder.current()
     checkpoint = read_checkpoint(ckpt_path)
     datamodule, model, trainer = build(cfg, checkpoint, ckpt_path)
     metrics = {

@@ -2,9 +2,9 @@
 logs and figures, and the lock that keeps it to one run at a time.
 
 Paths in a run's records are relative, so that a record reads the same on every machine: in
-``metrics.json`` relative to the output root (``paths.log_dir``, ``outputs/``), in
-``.hydra/overrides.yaml`` as typed on the command line (relative to where it was run). Records
-written before this held absolute paths; they are read as they are.
+``metrics.json`` relative to the run folder (``checkpoints/step_002000.ckpt``; an evaluation's
+``../../runs/<run>``), in ``.hydra/overrides.yaml`` as typed on the command line (relative to
+where it was run). Records written before this held absolute paths; they are read as they are.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from typing import IO, Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from dfn.errors import InputError
-from dfn.files import replacing, write_text
+from dfn.files import write_text
 from dfn.run.checkpoints import check_checkpoint, read_checkpoint
+from dfn.tasks.visualize import write_png
 
 RUN_CONFIG = Path(".hydra") / "config.yaml"  # the composed config Hydra saves in a run folder
 OVERRIDES = Path(".hydra") / "overrides.yaml"  # the command line's overrides, as typed
@@ -39,21 +41,19 @@ PLUMBING = ("resume", "run", "ckpt_path")
 
 
 class RunFolder:
-    """The folder ``path`` of one run. ``root`` is the output root that the paths in its records
-    are relative to (found above the folder when not given)."""
+    """The folder ``path`` of one run."""
 
-    def __init__(self, path: str | Path, root: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.root = Path(root) if root is not None else None
         self._lock: IO[str] | None = None
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
     @classmethod
-    def current(cls, cfg: DictConfig) -> RunFolder:
-        """The folder of the run that Hydra is running with ``cfg``."""
-        return cls(HydraConfig.get().runtime.output_dir, cfg.paths.log_dir)
+    def current(cls) -> RunFolder:
+        """The folder of the run that Hydra is running."""
+        return cls(HydraConfig.get().runtime.output_dir)
 
     @classmethod
     def containing(cls, path: str | Path) -> RunFolder | None:
@@ -62,6 +62,13 @@ class RunFolder:
         path = Path(path)
         candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
         return next((cls(p) for p in candidates if (p / RUN_CONFIG).is_file()), None)
+
+    @staticmethod
+    def named_by(value: str) -> str:
+        """The run folder that ``run=<value>`` names, by its layout: ``value`` itself, or for a
+        checkpoint ``<run>/checkpoints/<name>.ckpt`` (which need not be on this machine)."""
+        path = Path(value)
+        return str(path.parent.parent if path.suffix == ".ckpt" else path)
 
     # ------------------------------------------------------------------ the records
 
@@ -73,9 +80,17 @@ class RunFolder:
 
     @property
     def overrides(self) -> list[str]:
-        """The overrides of the command lines that made the run, in order."""
+        """The overrides of the command lines that made the run, in order, as typed. (eval.py's
+        records before relative paths held ``++run=<folder> ckpt_path=<checkpoint>``, both
+        absolute: they read as ``run=<checkpoint>``, relative to the working directory.)"""
         path = self.path / OVERRIDES
-        return list(OmegaConf.load(path)) if path.is_file() else []
+        recorded = [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+        if not any(o.startswith("++run=") for o in recorded):
+            return recorded
+        parsed = OverridesParser.create().parse_overrides(recorded)
+        checkpoint = next(o.value() for o in parsed if o.key_or_group == "ckpt_path")
+        rest = [o for o in recorded if not o.startswith(("++run=", "ckpt_path="))]
+        return [f"run={typed(Path(checkpoint))}", *rest]
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -88,31 +103,17 @@ class RunFolder:
 
     @property
     def figures(self) -> list[Path]:
-        """The figures its test wrote beside metrics.json."""
-        return sorted(self.path.glob("*.png"))
+        """The figures its test drew, beside metrics.json, in the order it drew them."""
+        return [self.path / name for name in self.metrics.get("figures", [])]
 
     def record(self, path: str | Path) -> str:
-        """``path`` as the run's metrics.json holds it: relative to the output root when it lies
-        under it, absolute elsewhere."""
-        path = Path(path).resolve()
-        try:
-            return str(path.relative_to(self._root().resolve()))
-        except ValueError:
-            return str(path)
+        """``path`` as the run's metrics.json holds it: relative to the run folder."""
+        return os.path.relpath(Path(path).resolve(), self.path.resolve())
 
     def resolve(self, recorded: str) -> Path:
-        """A path that the run's metrics.json holds: absolute in older records, else relative to
-        the output root."""
-        path = Path(recorded)
-        return path if path.is_absolute() else self._root() / path
-
-    def _root(self) -> Path:
-        """The output root: given, or the folder above ``runs/``, ``eval/`` (or a sweep's
-        ``multirun/<sweep>/``) that holds this run."""
-        if self.root is not None:
-            return self.root
-        above = self.path.resolve().parents
-        return above[2] if above[1].name == "multirun" else above[1]
+        """A path that the run's metrics.json holds: relative to the run folder, or absolute in
+        older records."""
+        return Path(os.path.normpath(self.path / recorded))
 
     def write_metrics(self, metrics: dict[str, Any]) -> Path:
         """Write ``metrics`` as metrics.json, all or nothing. Where it exists (a resumed run), its
@@ -125,18 +126,8 @@ class RunFolder:
         return write_text(self.path / METRICS, text)
 
     def write_images(self, images: dict[str, Tensor]) -> list[Path]:
-        """Images [C, H, W] by TensorBoard tag (``test/filter_flow``) as PNG files beside
-        metrics.json, named by the tag's last part (``filter_flow.png``)."""
-        from torchvision.utils import save_image
-
-        written = []
-        for tag, image in images.items():
-            path = self.path / f"{tag.rsplit('/', 1)[-1]}.png"
-            with replacing(path) as tmp:
-                save_image(image.float() / 255 if not image.is_floating_point() else image, tmp,
-                           format="png")  # fmt: skip
-            written.append(path)
-        return written
+        """Images [C, H, W] by name as PNG files beside metrics.json (``filter_flow.png``)."""
+        return [write_png(self.path / f"{name}.png", image) for name, image in images.items()]
 
     # ------------------------------------------------------------------ the model it trained
 

@@ -3,10 +3,15 @@ carry (Figure 7), and a metric per predicted frame."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision.utils import flow_to_image, make_grid
+
+from dfn.files import replacing
 
 
 def sequence_grid(rows: list[Tensor]) -> Tensor:
@@ -79,3 +84,13 @@ def error_per_frame(
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return torch.from_numpy(np.asarray(canvas.buffer_rgba())[..., :3].copy()).permute(2, 0, 1)
+
+
+def write_png(path: str | Path, image: Tensor) -> Path:
+    """An image [C, H, W] (uint8, or float in [0, 1]) as a PNG file, all or nothing."""
+    if image.is_floating_point():  # rounded as torchvision's save_image rounds
+        image = image.detach().float().cpu().mul(255).add(0.5).clamp(0, 255)
+    pixels = image.to(torch.uint8).cpu().permute(1, 2, 0).numpy()
+    with replacing(path) as tmp:
+        Image.fromarray(pixels.squeeze(2) if pixels.shape[2] == 1 else pixels).save(tmp, "PNG")
+    return Path(path)
