@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import hydra
 import lightning as L
@@ -38,6 +38,15 @@ LOCK = ".lock"
 # What names a run on the command line (train.py's resume=, eval.py's run=, and the ckpt_path
 # dfn/run/cli.py adds): which run, not what it trains.
 PLUMBING = ("resume", "run", "ckpt_path")
+
+
+class Trained(NamedTuple):
+    """What a run trained, built again: its data module, its model with the checkpoint's
+    weights, and the training step they are from."""
+
+    datamodule: L.LightningDataModule
+    model: L.LightningModule
+    step: int
 
 
 class RunFolder:
@@ -131,12 +140,10 @@ class RunFolder:
 
     # ------------------------------------------------------------------ the model it trained
 
-    def build(
-        self, checkpoint: str | Path | None = None, **data_options: Any
-    ) -> tuple[L.LightningDataModule, L.LightningModule]:
+    def build(self, checkpoint: str | Path | None = None, **data_options: Any) -> Trained:
         """The run's data module (its saved settings, ``data_options`` on top) and model, the
         model with the weights of ``checkpoint`` (its last.ckpt by default), read as weights only
-        and checked against the model, in eval mode."""
+        and checked against the model, in eval mode; and the step the weights are from."""
         cfg = self.config
         if cfg is None:
             raise InputError(f"{self.path}: not a run folder (no {RUN_CONFIG} in it)")
@@ -146,7 +153,7 @@ class RunFolder:
         model = hydra.utils.instantiate(cfg.model)
         check_checkpoint(state, path, cfg.name, model)
         model.load_state_dict(state["state_dict"])
-        return datamodule, model.eval()
+        return Trained(datamodule, model.eval(), state["global_step"])
 
     # ------------------------------------------------------------------ one run at a time
 
