@@ -305,7 +305,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         f"error: train/loss is nan at step 3; stopped before the update, the last good "
         f"checkpoint is kept: {last}. A lower model.optimizer.lr usually helps"
     )
-    checkpoint = torch.load(last, weights_only=True)
+    checkpoint = read_checkpoint(last)
     assert checkpoint["global_step"] == 2  # saved after the validation of epoch 1
     assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -458,14 +458,11 @@ def test_resumed_run_continues_exactly(
         assert f"Resume with: python train.py resume={tmp_path / 'first' / 'run'}\n" in stderr
     runs = [tmp_path / name / "run" for name in ("straight", "first", "resumed")]
     last = runs[1] / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 3
+    assert read_checkpoint(last)["global_step"] == 3
     resumed = compose_run("resumed", [*overrides, "trainer.max_steps=6", f"ckpt_path={last}"])
     assert train_py(resumed, capsys)[0] is None
 
-    a, b = (
-        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-        for run in (runs[0], runs[2])
-    )
+    a, b = (read_checkpoint(run / "checkpoints" / "last.ckpt") for run in (runs[0], runs[2]))
     assert a["global_step"] == b["global_step"] == 6
     for name, weight in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], weight)
@@ -514,7 +511,7 @@ def test_resumed_by_its_folder_continues_exactly_in_place(compose_run, tmp_path,
     assert resumed.hydra.run.dir == str(run) and resumed.ckpt_path == str(run / LAST)
     assert train_py(resumed, capsys)[0] is None
 
-    a, b = (torch.load(folder / LAST, weights_only=True) for folder in (whole, run))
+    a, b = (read_checkpoint(folder / LAST) for folder in (whole, run))
     assert a["global_step"] == b["global_step"] == 6
     for name, weight in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], weight)
