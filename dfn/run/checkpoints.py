@@ -153,3 +153,11 @@ def check_checkpoint(
             f"(e.g. {name}: {stored.get(name, 'absent')} in the file, {shapes.get(name, 'absent')}"
             " in the model); is it a checkpoint of another experiment or config?"
         )
+
+
+def load_checkpoint(path: str | Path, experiment: str, model: LightningModule) -> dict:
+    """The checkpoint at ``path``, read as plain weights and checked to belong to ``experiment``
+    and to fit ``model``: how the project opens a checkpoint (one line if it cannot)."""
+    checkpoint = read_checkpoint(path)
+    check_checkpoint(checkpoint, path, experiment, model)
+    return checkpoint

@@ -21,9 +21,8 @@ from dfn.ops.cpp import cpu_model
 from dfn.run.checkpoints import (
     AtomicCheckpointIO,
     CheckpointIdentity,
-    check_checkpoint,
     code_version,
-    read_checkpoint,
+    load_checkpoint,
 )
 from dfn.run.folder import RunFolder, named_checkpoint
 
@@ -83,28 +82,26 @@ def no_advertisement(record: logging.LogRecord) -> bool:
     return "litlogger" not in record.getMessage()
 
 
-def build(
-    cfg: DictConfig, checkpoint: dict | None = None, checkpoint_path: str | Path | None = None
-) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """Instantiate in a fixed order: data, model, callbacks, loggers, trainer. ``checkpoint``,
-    read from ``checkpoint_path``, is checked against the model before anything else is
-    built."""
+def build_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The data module and the model, in that order, checked against each other."""
     check_config(cfg)
     quiet_lightning(bool(cfg.get("resume")))
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the saved config
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
-    if checkpoint is not None:
-        check_checkpoint(checkpoint, checkpoint_path, cfg.name, model)
     check_reach(datamodule, model)
+    return datamodule, model
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The callbacks, the loggers and the trainer, in that order."""
     # A group entry set to null (callbacks.progress_bar=null) switches that piece off.
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks.append(CheckpointIdentity(cfg.name))  # not a config option: checked on loading
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer = hydra.utils.instantiate(
+    return hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
     )
-    return datamodule, model, trainer
 
 
 def device_name(trainer: L.Trainer) -> str:
@@ -143,10 +140,10 @@ def fit_and_test(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, and write metrics.json and the test's figures in the run
     folder. ``resume=<run>`` continues the run in its folder, from ``cfg.ckpt_path``."""
     run = RunFolder.current()
-    ckpt_path = cfg.get("ckpt_path")
-    resumed = run.resume_from(cfg)
-    datamodule, model, trainer = build(cfg, resumed, ckpt_path)
-    if cfg.get("resume") and trainer.is_global_zero:
+    datamodule, model = build_model(cfg)
+    ckpt_path = run.resume_from(cfg, model)
+    trainer = build_trainer(cfg)
+    if cfg.get("resume") and trainer.is_global_zero:  # all checked: the folder's records follow
         run.record_resume(cfg)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -179,8 +176,9 @@ def evaluate(cfg: DictConfig) -> dict:
     else:
         raise InputError("give the checkpoint to evaluate: run=<run folder> or ckpt_path=<file>")
     run = RunFolder.current()
-    checkpoint = read_checkpoint(ckpt_path)
-    datamodule, model, trainer = build(cfg, checkpoint, ckpt_path)
+    datamodule, model = build_model(cfg)
+    checkpoint = load_checkpoint(ckpt_path, cfg.name, model)
+    trainer = build_trainer(cfg)
     metrics = {
         "experiment": cfg.name,
         "parameters": model.num_parameters,

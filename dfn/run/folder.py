@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dfn.errors import InputError
 from dfn.files import write_text
-from dfn.run.checkpoints import check_checkpoint, read_checkpoint
+from dfn.run.checkpoints import load_checkpoint
 from dfn.tasks.visualize import write_png
 
 RUN_CONFIG = Path(".hydra") / "config.yaml"  # the composed config Hydra saves in a run folder
@@ -148,10 +148,9 @@ class RunFolder:
         if cfg is None:
             raise InputError(f"{self.path}: not a run folder (no {RUN_CONFIG} in it)")
         path = Path(checkpoint) if checkpoint is not None else self.last_checkpoint
-        state = read_checkpoint(path)
         datamodule = hydra.utils.instantiate(cfg.data, **data_options)
         model = hydra.utils.instantiate(cfg.model)
-        check_checkpoint(state, path, cfg.name, model)
+        state = load_checkpoint(path, cfg.name, model)
         model.load_state_dict(state["state_dict"])
         return Trained(datamodule, model.eval(), state["global_step"])
 
@@ -195,17 +194,19 @@ class RunFolder:
 
     # ------------------------------------------------------------------ resuming in place
 
-    def resume_from(self, cfg: DictConfig) -> dict | None:
-        """The checkpoint ``cfg.ckpt_path`` that the run continues from (None for a new run),
-        read as weights only, before anything is built; it must leave steps to train. With
-        ``resume=`` (this folder's run, continued in place), this session writes its CSV rows to
-        ``csv/resumed_at_step_<step>/``: Lightning's CSVLogger deletes the ``metrics.csv`` it
-        finds."""
+    def resume_from(self, cfg: DictConfig, model: L.LightningModule) -> str | None:
+        """The checkpoint ``cfg.ckpt_path`` that the run goes on from (None for a new run),
+        before the trainer is built: read as weights only and checked against ``model``, with
+        steps left to train. With ``resume=`` (this folder's run, continued in place), this
+        session writes its CSV rows to ``csv/resumed_at_step_<step>/``: Lightning's CSVLogger
+        deletes the ``metrics.csv`` it finds."""
         path = cfg.get("ckpt_path")
         if not path:
             return None
-        checkpoint = read_checkpoint(path)
-        step, max_steps = checkpoint["global_step"], cfg.trainer.max_steps
+        step, max_steps = (
+            load_checkpoint(path, cfg.name, model)["global_step"],
+            cfg.trainer.max_steps,
+        )
         if 0 <= max_steps <= step:
             raise InputError(
                 f"{path} is at step {step}, and trainer.max_steps={max_steps}: nothing is left "
@@ -214,7 +215,7 @@ class RunFolder:
         for logger in (cfg.get("logger") or {}).values() if cfg.get("resume") else ():
             if logger and str(logger.get("_target_")).endswith(".CSVLogger"):
                 logger.version = f"resumed_at_step_{step}"
-        return checkpoint
+        return path
 
     def record_resume(self, cfg: DictConfig) -> None:
         """Keep the folder describing the resumed run, once its config is checked:
