@@ -3,7 +3,6 @@ adapter is one small function, and these tests fail loudly when a framework rele
 what it relies on."""
 
 import csv
-import logging
 import os
 import signal
 from pathlib import Path
@@ -16,7 +15,7 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
-from dfn.run.callbacks import ModelSummary, set_logging_step
+from dfn.run.callbacks import set_logging_step
 from dfn.run.cli import config_node, one_line
 
 
@@ -108,16 +107,6 @@ def test_lightning_logging_step_after_resuming_at_an_epochs_end(tmp_path, adapte
             "Lightning logs the right steps after this resume now: remove set_logging_step and "
             "its call in dfn.run.callbacks.LastCheckpoint"
         )
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice on workers and batches
-def test_the_model_summary_is_lightnings_without_its_flops(tmp_path, caplog):
-    """dfn.run.callbacks.ModelSummary prints Lightning's table (its private format) without the
-    FLOPs column and total that Lightning counts 0 without an example input."""
-    with caplog.at_level(logging.INFO, logger="dfn.run.callbacks"):
-        fit(tmp_path, max_steps=1, callbacks=[ModelSummary()])
-    assert "| layer | Linear " in caplog.text and "Trainable params" in caplog.text
-    assert "FLOP" not in caplog.text.upper(), "Lightning's summary format changed"
 
 
 class KilledWorker(torch.utils.data.Dataset):

@@ -394,41 +394,40 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
-def test_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path, data_dir):
-    """SIGKILL in the middle of writing last.ckpt: the previous last.ckpt stays whole, and
-    ``train.py resume=<run folder>`` continues the run from it, in the same folder."""
-    run, outputs = tmp_path / "run", tmp_path / "outputs"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+def train_smoke_run(script: str, run: Path, log_dir: Path, data_dir: Path):
+    """A 4-step steerable run in ``run``: train.py, run by ``script`` (which wraps what it
+    does, DIE_SAVING say)."""
     overrides = [
         "experiment=steerable",
         *smoke_overrides("steerable"),
         "test=false",
         f"hydra.run.dir={run}",
-        f"paths.log_dir={outputs}",
+        f"paths.log_dir={log_dir}",
         f"paths.data_dir={data_dir}",
     ]
-    killed = subprocess.run(
-        [sys.executable, "-c", DIE_SAVING, *overrides],
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-c", script, *overrides],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path, data_dir):
+    """SIGKILL in the middle of writing last.ckpt: the previous last.ckpt stays whole, and
+    ``train.py resume=<run folder>`` continues the run from it, in the same folder."""
+    run, outputs = tmp_path / "run", tmp_path / "outputs"
+    killed = train_smoke_run(DIE_SAVING, run, outputs, data_dir)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
     (left,) = (run / "checkpoints").glob(".last.ckpt.*.tmp")  # what the kill left
     assert left.stat().st_size > 0
     assert read_checkpoint(last)["global_step"] == 2
 
-    resumed = subprocess.run(
-        [sys.executable, "train.py", f"resume={run}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_script("train.py", f"resume={run}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Run folder: {run}" in resumed.stdout
     assert read_checkpoint(last)["global_step"] == 4
@@ -456,23 +455,7 @@ def test_a_full_disk_while_training_is_one_line_and_keeps_the_previous_checkpoin
     tmp_path, data_dir
 ):
     run = tmp_path / "run"
-    overrides = [
-        "experiment=steerable",
-        *smoke_overrides("steerable"),
-        "test=false",
-        f"hydra.run.dir={run}",
-        f"paths.log_dir={tmp_path}",
-        f"paths.data_dir={data_dir}",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full = subprocess.run(
-        [sys.executable, "-c", DISK_FULL_SAVING, *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    full = train_smoke_run(DISK_FULL_SAVING, run, tmp_path, data_dir)
     last = run / "checkpoints" / "last.ckpt"
     assert full.returncode == 1, full.stderr[-3000:]
     assert "Traceback" not in full.stderr

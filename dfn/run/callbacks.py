@@ -1,10 +1,9 @@
 """Callbacks that keep a run recoverable: stop before a non-finite loss spoils the weights, and
 keep ``last.ckpt`` the latest state when a run ends, is stopped by Ctrl-C or SIGTERM, or runs out
-of ``max_steps`` mid-epoch; and the model summary, without what it cannot know."""
+of ``max_steps`` mid-epoch."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -13,16 +12,13 @@ from pathlib import Path
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 from torch import Tensor
 
 from dfn.errors import InputError
 from dfn.run.folder import resume_command
 
-log = logging.getLogger(__name__)
 EXIT_SIGTERM, EXIT_CTRL_C = 128 + signal.SIGTERM, 128 + signal.SIGINT  # as a shell reports them
 
 
@@ -167,26 +163,3 @@ class LastCheckpoint(Callback):
                 f"{trainer.global_step}; saved {last}\nResume with: {resume_command(last)}",
                 file=sys.stderr,
             )
-
-
-class ModelSummary(LightningModelSummary):
-    """Lightning's table of the model's modules and parameters, without its FLOPs: Lightning
-    counts them on the model's ``example_input_array``, which these tasks do not have, and then
-    prints 0. Its table format is private (``_format_summary_table``), as its total's last line;
-    tests/test_frameworks.py fails if a release changes them."""
-
-    @staticmethod
-    def summarize(
-        summary_data: list[tuple[str, list[str]]],
-        total_parameters: int,
-        trainable_parameters: int,
-        model_size: float,
-        total_training_modes: dict[str, int],
-        total_flops: int,
-        **summarize_kwargs,
-    ) -> None:
-        columns = [column for column in summary_data if column[0] != "FLOPs"]
-        table = _format_summary_table(
-            total_parameters, trainable_parameters, model_size, total_training_modes, 0, *columns
-        )
-        log.info("\n%s", table.rpartition("\n")[0])  # the last line: its FLOPs
