@@ -112,8 +112,11 @@ def test_ranks_evaluate_contiguous_shares_of_the_fixed_sets(compose_cfg, experim
 
 def test_two_process_ddp_run_matches_a_single_process_run(compose_cfg, tmp_path, data_dir):
     """Two processes of batch 2 take the stream's batches of 4 between them and average their
-    gradients: the weights and the test metrics are those of one process at batch 4."""
-    overrides = ["experiment=steerable", *smoke_overrides("steerable")]
+    gradients: the weights and the test metrics are those of one process at batch 4, to float
+    rounding. (With SGD: Adam's first steps divide each gradient by its own size, so that the
+    rounding of a gradient near zero moves its weight by the whole learning rate.)"""
+    sgd = ["model.optimizer._target_=torch.optim.SGD"]
+    overrides = ["experiment=steerable", *smoke_overrides("steerable"), *sgd]
     result = run_script(
         "train.py",
         *overrides,
@@ -129,11 +132,11 @@ def test_two_process_ddp_run_matches_a_single_process_run(compose_cfg, tmp_path,
     single = fit_and_test(compose_cfg([*overrides, "data.batch_size=4"]))
     assert ddp["steps"] == single["steps"] == 4
     assert ddp["device"].endswith("x2 processes")
-    assert scores(ddp) == pytest.approx(scores(single), rel=1e-4)
+    assert scores(ddp) == pytest.approx(scores(single), rel=1e-5)
     trained = [read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
                for run in (tmp_path / "ddp", tmp_path / "run")]  # fmt: skip
     for name, weight in trained[1].items():
-        torch.testing.assert_close(trained[0][name], weight, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(trained[0][name], weight, rtol=1e-5, atol=1e-6)
     # only rank 0 reports: one run folder line, one process's TensorBoard files
     assert len(re.findall(r"^Run folder: ", result.stdout, re.MULTILINE)) == 1
     writers = {p.name.split(".")[-2] for p in (tmp_path / "ddp" / "tensorboard").glob("events.*")}
