@@ -203,10 +203,8 @@ class RunFolder:
         path = cfg.get("ckpt_path")
         if not path:
             return None
-        step, max_steps = (
-            load_checkpoint(path, cfg.name, model)["global_step"],
-            cfg.trainer.max_steps,
-        )
+        step = load_checkpoint(path, cfg.name, model)["global_step"]
+        max_steps = cfg.trainer.max_steps
         if 0 <= max_steps <= step:
             raise InputError(
                 f"{path} is at step {step}, and trainer.max_steps={max_steps}: nothing is left "
