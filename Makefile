@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine with Python 3.11:
 #   make train   create .venv, install, train the main experiment (Moving MNIST)
 #   make test    create .venv, install, run the test suite
+#   make lint    ruff, and the layer contracts of pyproject.toml (import-linter)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -25,3 +26,4 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports

@@ -7,9 +7,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from dfn.run.cli import reporting_user_errors
+from dfn.run.cli import command_line, reporting_user_errors
 from dfn.run.experiment import fit_and_test
-from dfn.run.runs import command_line
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -9,7 +9,6 @@ their past (the simulator's new episodes, the joins of concatenated clips).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import h5py
 import numpy as np
 
 from dfn.errors import InputError
+from dfn.files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +35,11 @@ def split_paths(path: str | Path) -> tuple[Path, Path]:
 
 def write_h5_atomic(path: str | Path, arrays: dict[str, np.ndarray], **attrs) -> Path:
     """Write ``arrays`` as datasets of one HDF5 file; the file appears only once complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, array in arrays.items():
-                f.create_dataset(name, data=array)
-            f.attrs.update(attrs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with replacing(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, array in arrays.items():
+            f.create_dataset(name, data=array)
+        f.attrs.update(attrs)
+    return Path(path)
 
 
 def read_or_generate(

@@ -9,6 +9,7 @@ resumed from a checkpoint, mid-epoch too (``StreamLoader``).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,6 +85,14 @@ class StreamLoader(DataLoader):
         self.stream.consumed = int(state_dict["consumed_samples"])
 
 
+def leave_sigterm_to_the_main_process(worker_id: int) -> None:
+    """A data worker ignores SIGTERM. A cluster's time limit, ``timeout``, ``docker stop`` or
+    systemd signal the whole process group; the main process then finishes its step, saves
+    last.ckpt and stops its workers itself, where PyTorch's own handler would let the workers die
+    first and take the run with them."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def check_integers(**settings: tuple[object, int]) -> None:
     """One clear error for the first ``data.NAME=(value, least)`` that is not an integer of at
     least ``least``."""
@@ -121,6 +130,7 @@ class StreamDataModule(LightningDataModule):
             "num_workers": hp.num_workers,
             "persistent_workers": hp.num_workers > 0,
             "pin_memory": hp.get("pin_memory", False),
+            "worker_init_fn": leave_sigterm_to_the_main_process,
         }
 
     def _rank(self) -> tuple[int, int]:

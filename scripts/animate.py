@@ -135,7 +135,7 @@ def main() -> None:
     predictions, filtered = {}, None  # the first model with filters, and its outcome
     with torch.no_grad():
         for model, record in loaded:
-            outcome = model.predict(batch)
+            outcome = model.outcome(batch)
             predictions[model_label(model, record["global_step"])] = outcome.prediction
             if filtered is None and model.predictor.head.reach is not None:
                 filtered = model, outcome

@@ -13,9 +13,10 @@ of a model's error that is.
 import argparse
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import OmegaConf
+
+from dfn.run.cli import reporting_user_errors
+from dfn.run.folder import RunFolder
 
 
 def region_errors(squared: torch.Tensor, border: int) -> dict[str, float]:
@@ -36,12 +37,8 @@ def main() -> None:
     print("| run (predictor) | step | windows | total | edge columns | edge rows | inside |")
     print("|---" * 7 + "|")
     for run in args.run_dirs:
-        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-        model = hydra.utils.instantiate(cfg.model)
-        checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-        model.load_state_dict(checkpoint["state_dict"])
-        model.eval()
-        data = hydra.utils.instantiate(cfg.data, num_workers=0)
+        with reporting_user_errors():
+            data, model, step = RunFolder(run).build(num_workers=0)
         data.setup("test")
         errors = {"model": 0.0, "copy last": 0.0}  # squared error maps [H, W], summed
         frames_seen = 0
@@ -55,7 +52,7 @@ def main() -> None:
                 frames_seen += target.shape[0] * target.shape[1]
         for predictor, total in errors.items():
             sums = region_errors(total / frames_seen, args.border).values()
-            row = [f"{run.name} ({predictor})", checkpoint["global_step"], len(data.test_set)]
+            row = [f"{run.name} ({predictor})", step, len(data.test_set)]
             print("| " + " | ".join(map(str, row + [f"{v:.3f}" for v in sums])) + " |")
 
 

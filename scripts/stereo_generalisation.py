@@ -11,10 +11,11 @@ the zero- and mean-disparity predictors and the correlation with the ground trut
 import argparse
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
+
+from dfn.run.cli import reporting_user_errors
+from dfn.run.folder import RunFolder
 
 
 def per_frame(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -25,15 +26,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     run = parser.parse_args().run_dir
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    model = hydra.utils.instantiate(cfg.model)
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
-    data = hydra.utils.instantiate(cfg.data, path=None, train_path=None, test_path=None)
+    with reporting_user_errors():  # the Middlebury scene that ships, whatever data the run read
+        data, model, step = RunFolder(run).build(path=None, train_path=None, test_path=None)
     data.setup("fit")
     data.setup("test")
-    print(f"{run} at step {checkpoint['global_step']}")
+    print(f"{run} at step {step}")
     print("| crops | n | MSE / frame | copy left | EPE (px) | zero | mean | corr. |")
     print("|---|---|---|---|---|---|---|---|")
     splits = [("validation (training band)", data.val_set), ("test band", data.test_set)]

@@ -12,13 +12,13 @@ pixels off by more than 1 px of: the zero and mean disparity predictors; the med
 the pixel's row (what the row alone tells); and an "order oracle" that knows each pixel's layer,
 that layer's depth rank in the scene and the number of layers, and predicts the median disparity
 of that (rank, number) over the set. Both medians are fitted on the test scenes themselves.
-With ``--checkpoint``, a stereo_scenes model's filters are scored the same way. The errors are
+With ``--checkpoint`` (a checkpoint in a run folder, or the folder: its last.ckpt), the filters of
+that stereo_scenes run's model are scored the same way. The errors are
 also split between the background (the farthest layer; the floor of the ground layout) and the
 leaves in front of it.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import hydra
@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))  # run from anywhere
+from datamodules.stereo_scenes import EVAL_SEEDS, render_scene
+from datamodules.stream import sample_rng
+from dfn.run.cli import reporting_user_errors
+from dfn.run.folder import named_checkpoint
 
-from datamodules.stereo_scenes import EVAL_SEEDS, render_scene  # noqa: E402
-from datamodules.stream import sample_rng  # noqa: E402
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def grouped_median(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -42,11 +43,11 @@ def grouped_median(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
-def model_disparity(checkpoint: Path, cfg, lefts: list[np.ndarray]) -> list[np.ndarray]:
+def model_disparity(checkpoint: str, lefts: list[np.ndarray]) -> list[np.ndarray]:
     """The disparity of a stereo run's filters on each left view, [S, S] each."""
-    model = hydra.utils.instantiate(cfg.model)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu")["state_dict"])
-    model.eval()
+    with reporting_user_errors():
+        folder, checkpoint = named_checkpoint(checkpoint, "--checkpoint")
+        model = folder.build(checkpoint).model
     out = []
     for start in range(0, len(lefts), 50):
         batch = torch.from_numpy(np.stack(lefts[start : start + 50]))[:, None]
@@ -59,9 +60,9 @@ def model_disparity(checkpoint: Path, cfg, lefts: list[np.ndarray]) -> list[np.n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.layout=ground")
-    parser.add_argument("--checkpoint", type=Path, help="also score this stereo_scenes model")
+    parser.add_argument("--checkpoint", help="also score this stereo_scenes run's model")
     args = parser.parse_args()
-    with initialize_config_dir(str(PROJECT_ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=stereo_scenes", *args.overrides])
     data = hydra.utils.instantiate(cfg.data)
     textures, settings = data.textures("test"), data.settings
@@ -91,7 +92,7 @@ def main() -> None:
         "order oracle (rank, number of layers)": grouped_median(truth, order),
     }
     if args.checkpoint is not None:
-        maps = model_disparity(args.checkpoint, cfg, [c.left for c in scenes])
+        maps = model_disparity(args.checkpoint, [c.left for c in scenes])
         predictors[f"model {args.checkpoint}"] = np.concatenate(
             [d[m] for d, m in zip(maps, scored, strict=True)]
         )

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from datamodules.h5 import CUTS, split_paths, write_h5_atomic
 from datamodules.highway import to_gray
 from dfn.errors import InputError
+from dfn.run.cli import one_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 LEFT, RIGHT = "highway_L", "highway_R"
@@ -217,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             clips=args.clips,
         )
-    except InputError as e:
-        print(f"video_to_h5: error: {e}", file=sys.stderr)
+    except Exception as e:  # bad input, a full disk, too little memory: one line; a bug: raised
+        line = one_line(e)
+        if line is None:
+            raise
+        print(f"video_to_h5: error: {line}", file=sys.stderr)
         return 1
     for path in paths:
         print(path)

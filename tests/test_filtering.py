@@ -451,7 +451,6 @@ def test_local_filter_rejects_bad_shapes(impl, x_shape, filter_shape, bias_shape
     )
     with pytest.raises(ValueError) as error:
         fn(torch.zeros(x_shape), torch.zeros(filter_shape), kernel, bias)
-    assert isinstance(error.value, ValueError)
     for text in named:
         assert text in str(error.value)
 

@@ -3,6 +3,8 @@ adapter is one small function, and these tests fail loudly when a framework rele
 what it relies on."""
 
 import csv
+import os
+import signal
 from pathlib import Path
 
 import hydra
@@ -14,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from dfn.run.callbacks import set_logging_step
-from dfn.run.cli import config_node
+from dfn.run.cli import config_node, one_line
 
 
 def refuse(**options):
@@ -105,3 +107,24 @@ def test_lightning_logging_step_after_resuming_at_an_epochs_end(tmp_path, adapte
             "Lightning logs the right steps after this resume now: remove set_logging_step and "
             "its call in dfn.run.callbacks.LastCheckpoint"
         )
+
+
+class KilledWorker(torch.utils.data.Dataset):
+    """A data set whose worker the kernel kills (as its out-of-memory killer would)."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_by_the_kernel_is_read_from_pytorchs_message():
+    """PyTorch tells a worker killed by SIGKILL only in its message, which
+    dfn.run.cli.killed_worker reads to say: out of memory, lower data.batch_size or workers."""
+    with pytest.raises(RuntimeError) as caught:
+        next(iter(torch.utils.data.DataLoader(KilledWorker(), num_workers=1)))
+    line = one_line(caught.value)
+    assert line is not None and line.startswith("a data loader worker was killed"), (
+        f"PyTorch's message changed; dfn.run.cli.killed_worker reads it: {caught.value!r}"
+    )

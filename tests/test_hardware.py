@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import dfn.run.hardware as hardware
-from dfn.run.experiment import build
+from dfn.run.experiment import build_model, build_trainer
 from dfn.run.hardware import choose_precision, duration
 from tests.conftest import smoke_overrides
 
@@ -54,9 +54,9 @@ def test_the_video_configs_train_with_the_cpus_choice(cpu_flags, compose_cfg, fl
     cpu_flags(flags)
     cfg = compose_cfg(["experiment=moving_mnist", *smoke_overrides("moving_mnist")])
     assert cfg.trainer.precision == "auto"
-    assert build(cfg)[2].precision == expected
+    assert build_trainer(cfg).precision == expected
     steerable = compose_cfg(["experiment=steerable", *smoke_overrides("steerable")])
-    assert build(steerable)[2].precision == "32-true"  # pinned: bf16 cannot resolve its error
+    assert build_trainer(steerable).precision == "32-true"  # pinned: bf16 cannot resolve its error
 
 
 def test_a_run_says_how_long_its_schedule_takes(compose_cfg, caplog):
@@ -69,7 +69,8 @@ def test_a_run_says_how_long_its_schedule_takes(compose_cfg, caplog):
             "callbacks.schedule_estimate.timed=2",
         ]
     )
-    datamodule, model, trainer = build(cfg)
+    datamodule, model = build_model(cfg)
+    trainer = build_trainer(cfg)
     with caplog.at_level(logging.INFO, logger="dfn.run.hardware"):
         trainer.fit(model, datamodule=datamodule)
     lines = [r.getMessage() for r in caplog.records if r.name == "dfn.run.hardware"]

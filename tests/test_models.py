@@ -91,10 +91,15 @@ def test_two_frames_per_step_and_dynamic_bias_shapes():
 
 
 def test_dfn_prediction_is_a_convex_combination_of_the_last_frame():
-    p = make_predictor()
-    prediction, filters, _ = p.step(torch.rand(3, 1, 16, 16))
+    torch.manual_seed(0)
+    p = make_predictor()  # a 5x5 softmax filter, no dynamic bias
+    frame = torch.rand(3, 1, 16, 16)
+    prediction, filters, _ = p.step(frame)
     assert filters.shape == (3, 25, 16, 16)
-    assert prediction.min() >= 0 and prediction.max() <= 1
+    assert (filters >= 0).all() and torch.allclose(filters.sum(1), torch.ones(3, 16, 16))
+    # each pixel: its own weights times the frame's 5x5 neighbourhood around it (zero padding)
+    neighbourhoods = F.unfold(frame, 5, padding=2).view(3, 25, 16, 16)
+    torch.testing.assert_close(prediction, (filters * neighbourhoods).sum(1, keepdim=True))
 
 
 def test_baseline_is_clipped_for_the_bce():

@@ -16,7 +16,7 @@ from PIL import Image
 import dfn
 import dfn.run.pretrained as shipped
 from dfn.errors import InputError
-from dfn.reference_results import PAPER_RESULTS
+from dfn.report.paper import PAPER_RESULTS
 from dfn.run.checkpoints import IDENTITY, identity, read_checkpoint
 from dfn.run.experiment import evaluate
 from dfn.run.pretrained import export, pretrained_argv
@@ -71,12 +71,8 @@ def test_eval_of_the_pretrained_file_equals_eval_of_the_checkpoint(
     checkpoint = smoke_run / "checkpoints" / "last.ckpt"
     export(checkpoint)
     argv = pretrained_argv(["eval.py", "pretrained=steerable", *smoke_overrides("steerable")])
-    assert argv[1:4] == [
-        "experiment=steerable",
-        f"ckpt_path='{pretrained_dir / 'steerable.pt'}'",
-        "++pretrained=steerable",
-    ]
-    from_file = evaluate(compose_cfg(argv[1:], config_name="eval"))
+    assert argv[1:4] == ["--config-name=eval", "experiment=steerable", "pretrained=steerable"]
+    from_file = evaluate(compose_cfg(argv[2:], config_name="eval"))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["pretrained"] == "steerable"
     overrides = ["experiment=steerable", *smoke_overrides("steerable"), f"ckpt_path={checkpoint}"]
     from_run = evaluate(compose_cfg(overrides, config_name="eval"))
@@ -119,7 +115,7 @@ def test_every_shipped_file_is_a_trained_model_of_its_experiment(path, compose_c
     untrained = hydra.utils.instantiate(checkpoint["model_config"]).eval()
     with torch.no_grad():
         trained_loss, untrained_loss = (
-            m.loss(*m.predict(batch)[:2]).item() for m in (model, untrained)
+            m.loss(*m.outcome(batch)[:2]).item() for m in (model, untrained)
         )
     assert trained_loss < 0.5 * untrained_loss
 

@@ -6,6 +6,9 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -23,9 +26,9 @@ import datamodules.moving_mnist as mm
 from datamodules.h5 import read_frames, write_h5_atomic
 from datamodules.stream import StreamLoader
 from dfn.errors import InputError
-from dfn.run.cli import reporting_user_errors
+from dfn.run.checkpoints import read_checkpoint
+from dfn.run.cli import command_line, reporting_user_errors
 from dfn.run.experiment import check_reach, fit_and_test
-from dfn.run.runs import command_line
 from dfn.tasks.steerable import SteerableFilterTask
 from tests.conftest import ROOT, compose_config, run_script, smoke_overrides
 
@@ -115,19 +118,6 @@ def add_callback(cfg, **signal_at) -> None:
             "model.predictor: out_channels=80 is set in the config, but the predictor",
         ),
         (
-            ["experiment=moving_mnist", "data.num_predicted=11"],
-            "data.num_predicted=11 but model.num_predicted=10: the data must serve what the "
-            "model reads; expected data.num_predicted=10, or set model.num_predicted",
-        ),
-        (
-            ["experiment=stereo", "data.crop_size=48"],
-            "data.crop_size=48 but model.predictor.generator.image_size=64",
-        ),
-        (
-            ["experiment=highway", "data.image_size=32"],
-            "data.image_size=32 but model.predictor.generator.image_size=64",
-        ),
-        (
             ["experiment=moving_mnist", "model.predictor.generator.image_size=32"],
             "data.image_size=32; Moving MNIST frames are 64x64",
         ),
@@ -146,10 +136,6 @@ def add_callback(cfg, **signal_at) -> None:
         (
             ["experiment=highway", "model.num_input=1"],
             "needs num_input >= 2 and num_predicted >= 1; got num_input=1",
-        ),
-        (
-            ["experiment=highway", "data.num_predicted=2"],
-            "data.num_predicted=2 but model.num_predicted=3",
         ),
         (["experiment=stereo", "data.batch_size=0"], "data.batch_size=0; expected an integer >= 1"),
         (
@@ -177,6 +163,29 @@ def test_config_mistakes_are_one_line_before_training(
     assert code == 1
     assert message in error_line(stderr)
     assert_nothing_written(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("override", "model_key"),
+    [
+        ("data.num_predicted=11", "model.num_predicted"),
+        ("data.crop_size=48", "model.predictor.generator.image_size"),
+        ("data.image_size=32", "model.predictor.generator.image_size"),
+    ],
+)
+def test_a_data_setting_that_follows_the_model_is_set_through_the_model(override, model_key):
+    """configs/data/*.yaml take what the model reads from the model's settings, by
+    interpolation; setting the data's copy alone is one line naming the model's."""
+    experiment = {"data.crop_size": "stereo", "data.image_size": "highway"}.get(
+        override.split("=")[0], "moving_mnist"
+    )
+    with pytest.raises(InputError) as error:
+        command_line(["train.py", f"experiment={experiment}", override], "resume", CONFIGS)
+    key = override.split("=")[0]
+    assert str(error.value) == (
+        f"{override}: {key} follows {model_key} (the config interpolates it, so that the data "
+        f"serves what the model reads); set {model_key} instead"
+    )
 
 
 def test_the_sequence_length_is_stated_once(compose_cfg, tmp_path, capsys):
@@ -296,10 +305,69 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         f"error: train/loss is nan at step 3; stopped before the update, the last good "
         f"checkpoint is kept: {last}. A lower model.optimizer.lr usually helps"
     )
-    checkpoint = torch.load(last, weights_only=True)
+    checkpoint = read_checkpoint(last)
     assert checkpoint["global_step"] == 2  # saved after the validation of epoch 1
     assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def process_group(leader: int) -> list[int]:
+    """The processes of ``leader``'s process group."""
+    group = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[2]) == leader:  # after the name: state, ppid, pgrp
+            group.append(int(stat.parent.name))
+    return group
+
+
+def test_sigterm_to_the_process_group_with_data_workers_saves_last_ckpt(tmp_path, data_dir):
+    """What a cluster's time limit, ``timeout``, ``docker stop`` and systemd do: SIGTERM to the
+    run's whole process group, its data workers included. The workers leave it to the main
+    process: the step finishes, last.ckpt is saved, the resume command printed, exit 143; and
+    the run resumes from it."""
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    overrides = [
+        "experiment=steerable",
+        *smoke_overrides("steerable"),
+        "data.num_workers=2",
+        "data.steps_per_epoch=50",
+        "trainer.max_steps=100000",
+        "callbacks.last_checkpoint.every_n_train_steps=5",
+        f"hydra.run.dir={run}",
+        f"paths.log_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a job of a cluster or a shell has
+    )
+    last = run / LAST
+    deadline = time.monotonic() + 200
+    while not last.is_file():  # the first periodic save: training, with its workers up
+        assert time.monotonic() < deadline and first.poll() is None, "no checkpoint was saved"
+        time.sleep(0.1)
+    assert len(process_group(first.pid)) >= 3  # the run and its two data workers
+    os.killpg(first.pid, signal.SIGTERM)
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 143, stderr[-3000:]
+    step = read_checkpoint(last)["global_step"]
+    assert f"Stopped by SIGTERM at step {step}; saved {last}\n" in stderr
+    assert f"Resume with: python train.py resume={run}\n" in stderr
+    assert "Traceback" not in stderr
+
+    resumed = run_script("train.py", f"resume={run}", f"trainer.max_steps={step + 2}", "test=false")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == step + 2
 
 
 def test_second_ctrl_c_stops_at_once_without_saving(compose_cfg, tmp_path, capsys):
@@ -361,11 +429,10 @@ def test_resumed_run_continues_exactly(
     if experiment == "steerable":
         overrides += ["model.scheduler.step_size=2"]  # the LR changes within the run
     straight = compose_run("straight", [*overrides, "trainer.max_steps=6"])
-    if not uses_stream_loader(straight):
-        pytest.xfail(
-            "an exact resume needs the data module's train_dataloader to return a "
-            "datamodules.stream.StreamLoader"
-        )
+    # an exact resume needs the position in the stream, which the StreamLoader saves
+    assert uses_stream_loader(straight), (
+        "the train_dataloader is no datamodules.stream.StreamLoader"
+    )
     assert train_py(straight, capsys)[0] is None
 
     if stop == "max_steps":
@@ -393,14 +460,11 @@ def test_resumed_run_continues_exactly(
     last = runs[1] / "checkpoints" / "last.ckpt"
     # one file, which the periodic save and ModelCheckpoint's after each epoch overwrite
     assert [p.name for p in last.parent.glob("last*")] == ["last.ckpt"]
-    assert torch.load(last, weights_only=True)["global_step"] == 3
+    assert read_checkpoint(last)["global_step"] == 3
     resumed = compose_run("resumed", [*overrides, "trainer.max_steps=6", f"ckpt_path={last}"])
     assert train_py(resumed, capsys)[0] is None
 
-    a, b = (
-        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-        for run in (runs[0], runs[2])
-    )
+    a, b = (read_checkpoint(run / "checkpoints" / "last.ckpt") for run in (runs[0], runs[2]))
     assert a["global_step"] == b["global_step"] == 6
     for name, weight in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], weight)
@@ -453,7 +517,7 @@ def test_resumed_by_its_folder_continues_exactly_in_place(compose_run, tmp_path,
     assert resumed.hydra.run.dir == str(run) and resumed.ckpt_path == str(run / LAST)
     assert train_py(resumed, capsys)[0] is None
 
-    a, b = (torch.load(folder / LAST, weights_only=True) for folder in (whole, run))
+    a, b = (read_checkpoint(folder / LAST) for folder in (whole, run))
     assert a["global_step"] == b["global_step"] == 6
     for name, weight in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], weight)
@@ -474,7 +538,7 @@ def test_resumed_by_its_folder_continues_exactly_in_place(compose_run, tmp_path,
     assert list(record) == [*overrides, "trainer.max_steps=3", "trainer.max_steps=6"]
     assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.max_steps == 6
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 6 and metrics["resumed_from"] == str(run / LAST)
+    assert metrics["steps"] == 6 and metrics["resumed_from"] == str(LAST)
     assert [earlier["steps"] for earlier in metrics["history"]] == [3]
 
 

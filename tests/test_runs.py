@@ -6,24 +6,32 @@ import errno
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import h5py
 import hydra
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
+from PIL import Image
 
+from datamodules.h5 import write_h5_atomic
 from dfn.errors import InputError
+from dfn.files import write_text
 from dfn.run import checkpoints
 from dfn.run.checkpoints import AtomicCheckpointIO, check_checkpoint, identity, read_checkpoint
+from dfn.run.cli import command_line, one_line
 from dfn.run.experiment import fit_and_test
-from dfn.run.runs import RUN_CONFIG, command_line
-from tests.conftest import ROOT, smoke_overrides
+from dfn.run.folder import RUN_CONFIG, RunFolder, named_checkpoint
+from tests.conftest import ROOT, run_script, smoke_overrides
 
 CONFIGS = ROOT / "configs"
 EXPERIMENTS = ", ".join(sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
@@ -190,10 +198,13 @@ def test_a_run_folder_composes_its_own_config(run_folder, script, key, target, c
         cfg = compose(argv[1].split("=")[1], overrides=argv[2:], return_hydra_config=True)
     GlobalHydra.instance().clear()
     assert cfg.name == "steerable" and cfg.seed == 7  # the run's config, the override on top
-    assert cfg[key] == str(run_folder)
-    assert cfg.ckpt_path == str(run_folder / "checkpoints" / checkpoint)
-    if key == "resume":
+    if key == "resume":  # continued in the run's folder, from the checkpoint
+        assert cfg.resume == str(run_folder)
+        assert cfg.ckpt_path == str(run_folder / "checkpoints" / checkpoint)
         assert cfg.hydra.run.dir == str(run_folder) and cfg.hydra.output_subdir is None
+    else:  # as typed, which the new run's record keeps; eval.py finds the checkpoint from it
+        assert cfg.run == str(run_folder / target) and cfg.ckpt_path is None
+        assert named_checkpoint(cfg.run, "run")[1] == run_folder / "checkpoints" / checkpoint
 
 
 @pytest.mark.parametrize(
@@ -344,17 +355,18 @@ def test_command_line_failure_is_one_line(cli_failures, name):
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io_plugin = AtomicCheckpointIO()
-    io_plugin.save_checkpoint({"global_step": 1}, path)
+    io_plugin.save_checkpoint({"state_dict": {}, "global_step": 1}, path)
 
     def disk_full(obj, f):
         f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        io_plugin.save_checkpoint({"global_step": 2}, path)
+    with pytest.raises(OSError, match="No space left") as error:
+        io_plugin.save_checkpoint({"state_dict": {}, "global_step": 2}, path)
     monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"global_step": 1}
+    assert error.value.filename == str(path)  # named, however deep the write failed
+    assert read_checkpoint(path)["global_step"] == 1
     assert os.listdir(tmp_path) == ["last.ckpt"]
 
 
@@ -367,7 +379,7 @@ save = torch.save
 
 
 def dying_save(obj, f):
-    if getattr(f, "name", "").endswith(".last.ckpt.tmp") and obj["global_step"] == 4:
+    if ".last.ckpt." in getattr(f, "name", "") and obj["global_step"] == 4:
         buffer = io.BytesIO()
         save(obj, buffer)
         f.write(buffer.getvalue()[: buffer.tell() // 2])
@@ -382,46 +394,45 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
-def test_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path, data_dir):
-    """SIGKILL in the middle of writing last.ckpt: the previous last.ckpt stays whole, and
-    ``train.py resume=<run folder>`` continues the run from it, in the same folder."""
-    run, outputs = tmp_path / "run", tmp_path / "outputs"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+def train_smoke_run(script: str, run: Path, log_dir: Path, data_dir: Path):
+    """A 4-step steerable run in ``run``: train.py, run by ``script`` (which wraps what it
+    does, DIE_SAVING say)."""
     overrides = [
         "experiment=steerable",
         *smoke_overrides("steerable"),
         "test=false",
         f"hydra.run.dir={run}",
-        f"paths.log_dir={outputs}",
+        f"paths.log_dir={log_dir}",
         f"paths.data_dir={data_dir}",
     ]
-    killed = subprocess.run(
-        [sys.executable, "-c", DIE_SAVING, *overrides],
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-c", script, *overrides],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path, data_dir):
+    """SIGKILL in the middle of writing last.ckpt: the previous last.ckpt stays whole, and
+    ``train.py resume=<run folder>`` continues the run from it, in the same folder."""
+    run, outputs = tmp_path / "run", tmp_path / "outputs"
+    killed = train_smoke_run(DIE_SAVING, run, outputs, data_dir)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
-    assert (run / "checkpoints" / ".last.ckpt.tmp").stat().st_size > 0  # what the kill left
+    (left,) = (run / "checkpoints").glob(".last.ckpt.*.tmp")  # what the kill left
+    assert left.stat().st_size > 0
     assert read_checkpoint(last)["global_step"] == 2
 
-    resumed = subprocess.run(
-        [sys.executable, "train.py", f"resume={run}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_script("train.py", f"resume={run}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Run folder: {run}" in resumed.stdout
     assert read_checkpoint(last)["global_step"] == 4
-    assert not (run / "checkpoints" / ".last.ckpt.tmp").exists()
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 4 and metrics["resumed_from"] == str(last)
+    assert metrics["steps"] == 4 and metrics["resumed_from"] == "checkpoints/last.ckpt"
     assert not outputs.exists()  # no other run folder
 
 
@@ -432,3 +443,146 @@ def test_the_commit_is_left_out_where_git_is_missing(tmp_path, monkeypatch):
         assert checkpoints.code_version() == {"version": "0.1.0", "commit": None}
     finally:
         checkpoints.code_version.cache_clear()
+
+
+# train.py, whose disk fills up while it writes last.ckpt at step 4 (the one at step 2 is on disk).
+DISK_FULL_SAVING = DIE_SAVING.replace(
+    "os.kill(os.getpid(), signal.SIGKILL)", "raise OSError(28, os.strerror(28))"
+)
+
+
+def test_a_full_disk_while_training_is_one_line_and_keeps_the_previous_checkpoint(
+    tmp_path, data_dir
+):
+    run = tmp_path / "run"
+    full = train_smoke_run(DISK_FULL_SAVING, run, tmp_path, data_dir)
+    last = run / "checkpoints" / "last.ckpt"
+    assert full.returncode == 1, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: cannot write {last}: No space left on device"]
+    assert read_checkpoint(last)["global_step"] == 2
+    assert not list(run.glob("checkpoints/.*.tmp")) and not (run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("writer", ["checkpoint", "metrics", "data cache", "figure"])
+def test_every_write_of_the_project_is_all_or_nothing_and_names_its_file(
+    tmp_path, monkeypatch, writer
+):
+    """The disk refuses the new file (here: when it is flushed, where a full disk shows up):
+    the previous file stays whole, no temporary file is left, and the error is one line that
+    names the file."""
+    run = RunFolder(tmp_path)
+    writers = {
+        "checkpoint": (
+            "last.ckpt",
+            lambda value: AtomicCheckpointIO().save_checkpoint(
+                {"state_dict": {}, "global_step": value}, tmp_path / "last.ckpt"
+            ),
+            lambda path: read_checkpoint(path)["global_step"],
+        ),
+        "metrics": (
+            "metrics.json",
+            lambda value: write_text(tmp_path / "metrics.json", json.dumps({"steps": value})),
+            lambda path: json.loads(path.read_text())["steps"],
+        ),
+        "data cache": (
+            "cache.h5",
+            lambda value: write_h5_atomic(tmp_path / "cache.h5", {"x": np.full(3, value)}),
+            lambda path: int(read_frames_of(path)),
+        ),
+        "figure": (
+            "filter_flow.png",
+            lambda value: run.write_images({"filter_flow": torch.full((3, 4, 4), value)}),
+            lambda path: Image.open(path).getpixel((0, 0))[0],
+        ),
+    }
+    name, write, read = writers[writer]
+    write(1)
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError) as error:
+        write(2)
+    monkeypatch.undo()
+    assert one_line(error.value) == f"cannot write {tmp_path / name}: No space left on device"
+    assert read(tmp_path / name) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def read_frames_of(path: Path) -> float:
+    with h5py.File(path) as f:
+        return f["x"][0]
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (OSError(errno.EROFS, "Read-only file system", "out/m.json"), "cannot write out/m.json: "),
+        (OSError(errno.EACCES, "Permission denied", "out/.lock"), "cannot write out/.lock: "),
+        (MemoryError("Unable to allocate 9.8 GiB"), "out of memory (Unable to allocate 9.8 GiB)"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried"), "out of memory (CUDA out of memory)"),
+        (RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed. "), "a data loader"),
+    ],
+)
+def test_a_disk_or_memory_that_runs_out_is_one_line(error, line):
+    assert one_line(error).startswith(line)
+    if "memory" in one_line(error) or "data loader" in line:
+        assert one_line(error).endswith("lower data.batch_size, or data.num_workers (each worker "
+                                        "holds batches of its own)")  # fmt: skip
+    assert one_line(RuntimeError("a bug")) is None  # keeps its traceback
+
+
+# --------------------------------------------------------------------------- one run at a time
+
+
+def test_a_second_run_into_a_folder_in_use_stops_at_once(tmp_path, data_dir):
+    """The first run holds the folder (here: stopped right after taking it); a second train.py
+    into it stops with one line naming it and the first run, and the first ends intact."""
+    run = tmp_path / "run"
+    common = [f"hydra.run.dir={run}", f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}"]
+    first_overrides = ["experiment=steerable", *smoke_overrides("steerable"), "test=false"]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *first_overrides, *common],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = run / ".lock"
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and lock.read_text() and (run / RUN_CONFIG).is_file()):
+        assert time.monotonic() < deadline and first.poll() is None, "the first run did not start"
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGSTOP)  # it holds the folder, whatever a slow machine does
+    try:
+        second = run_script("train.py", "experiment=steerable", "seed=7", *common)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, stderr = first.communicate(timeout=300)
+    assert second.returncode == 1
+    command = shlex.join(["python", str(ROOT / "train.py"), *first_overrides, *common])
+    assert second.stderr.splitlines() == [
+        f"error: {run} is in use by process {first.pid} ({command}); wait for that run to end, or "
+        "give this one another folder"
+    ]
+    assert first.returncode == 0, stderr[-3000:]
+    recorded = [*first_overrides, *common[1:]]  # Hydra records hydra.run.dir elsewhere
+    assert list(OmegaConf.load(run / ".hydra" / "overrides.yaml")) == recorded
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert lock.read_text() == ""  # given back
+
+
+def test_the_lock_of_a_run_that_is_gone_is_taken_over_with_a_note(tmp_path, capsys):
+    (tmp_path / ".lock").write_text("4194304 (python train.py experiment=steerable)\n")
+    folder = RunFolder(tmp_path)
+    folder.lock()
+    try:
+        assert capsys.readouterr().err == (
+            f"note: {tmp_path}: took over the lock of process 4194304, which is gone\n"
+        )
+        assert (tmp_path / ".lock").read_text().startswith(f"{os.getpid()} (python ")
+    finally:
+        folder.unlock()

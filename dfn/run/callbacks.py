@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from dfn.errors import InputError
-from dfn.run.runs import resume_command
+from dfn.run.folder import resume_command
 
 EXIT_SIGTERM, EXIT_CTRL_C = 128 + signal.SIGTERM, 128 + signal.SIGINT  # as a shell reports them
 

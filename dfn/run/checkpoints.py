@@ -1,12 +1,12 @@
 """Checkpoints as a trust boundary: each one says which experiment and model it belongs to, is
 written atomically, and is read as plain weights only (``weights_only=True``), so that a file of
-unknown origin or of another experiment stops the run with one line instead of a traceback."""
+unknown origin or of another experiment stops the run with one line instead of a traceback.
+This is the one module that loads a checkpoint."""
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
-import os
 import pickle
 import re
 import subprocess
@@ -19,6 +19,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dfn.errors import InputError
+from dfn.files import replacing
 
 IDENTITY = "dfn"  # the checkpoint's key for the block written by CheckpointIdentity
 
@@ -71,27 +72,18 @@ class CheckpointIdentity(Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write a checkpoint to a temporary file beside it, flush it to disk, then rename it: a kill
-    or a full disk while saving leaves the previous file whole. (Lightning's own save stages the
-    file in the system's temporary folder and moves it, which copies, not renames, when that is
-    another file system.)"""
+    """Write a checkpoint all or nothing (``dfn.files.replacing``): a kill or a full disk while
+    saving leaves the previous file whole. (Lightning's own save stages the file in the system's
+    temporary folder and moves it, which copies, not renames, when that is another file
+    system.)"""
 
     def save_checkpoint(
         self, checkpoint: dict, path: str | Path, storage_options: object = None
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with tmp.open("wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(path) as tmp, tmp.open("wb") as f:
+            torch.save(checkpoint, f)
 
 
 def unreadable(path: Path, error: Exception) -> str:
@@ -161,3 +153,11 @@ def check_checkpoint(
             f"(e.g. {name}: {stored.get(name, 'absent')} in the file, {shapes.get(name, 'absent')}"
             " in the model); is it a checkpoint of another experiment or config?"
         )
+
+
+def load_checkpoint(path: str | Path, experiment: str, model: LightningModule) -> dict:
+    """The checkpoint at ``path``, read as plain weights and checked to belong to ``experiment``
+    and to fit ``model``: how the project opens a checkpoint (one line if it cannot)."""
+    checkpoint = read_checkpoint(path)
+    check_checkpoint(checkpoint, path, experiment, model)
+    return checkpoint

@@ -1,18 +1,17 @@
-"""Shared by train.py and eval.py: build a run from its config, write its metrics, and report
-bad input as one clear line."""
+"""Shared by train.py and eval.py: build a run from its config, fit and test it, and write what it
+measured and drew into its folder."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
+import warnings
 from numbers import Number
 from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from dfn.errors import InputError
@@ -20,23 +19,14 @@ from dfn.models.predictor import DynamicFilterPredictor
 from dfn.run.checkpoints import (
     AtomicCheckpointIO,
     CheckpointIdentity,
-    check_checkpoint,
-    read_checkpoint,
+    code_version,
+    load_checkpoint,
 )
+from dfn.run.folder import RunFolder, named_checkpoint
 from dfn.run.hardware import choose_precision, device
-from dfn.run.runs import record_resume, separate_csv_logs, write_text_atomic
+from dfn.run.pretrained import pretrained_path
 
 log = logging.getLogger(__name__)
-
-
-# Data settings the data configs interpolate from the model's (configs/data/*.yaml), so that the
-# data serves what the model reads; only an override of the data key alone can contradict them.
-FOLLOWS_MODEL = {
-    "data.num_input": "model.num_input",
-    "data.num_predicted": "model.num_predicted",
-    "data.image_size": "model.predictor.generator.image_size",
-    "data.crop_size": "model.predictor.generator.image_size",
-}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -53,13 +43,6 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("data.train_path", "data.test_path"):  # the test file is read after training
         if get(key) is not None and not Path(get(key)).is_file():
             raise InputError(f"{key}={get(key)}: no such file")
-    for data_key, model_key in FOLLOWS_MODEL.items():
-        value, expected = get(data_key), get(model_key)
-        if None not in (value, expected) and value != expected:
-            raise InputError(
-                f"{data_key}={value} but {model_key}={expected}: the data must serve what the "
-                f"model reads; expected {data_key}={expected}, or set {model_key}, which it follows"
-            )
 
 
 def check_reach(datamodule: L.LightningDataModule, model: L.LightningModule) -> None:
@@ -84,72 +67,82 @@ def check_reach(datamodule: L.LightningDataModule, model: L.LightningModule) -> 
         )
 
 
-def build(
-    cfg: DictConfig, checkpoint: dict | None = None
-) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """Instantiate in a fixed order: data, model, callbacks, loggers, trainer. ``checkpoint``,
-    read from ``cfg.ckpt_path``, is checked against the model before anything else is built."""
+def quiet_lightning(resuming: bool) -> None:
+    """Leave out of a run's output what Lightning prints that is no news about the run: its
+    advertisement for its cloud logger, a deprecation warning about its own use of torch's
+    pytree (``LeafSpec``), and, for a run resumed in its folder, that the checkpoint folder is not
+    empty. tests/test_train.py checks a run's output for them."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(no_advertisement)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    if resuming:
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+
+
+def no_advertisement(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
+def build_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The data module and the model, in that order, checked against each other."""
     check_config(cfg)
+    quiet_lightning(bool(cfg.get("resume")))
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the saved config
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
-    if checkpoint is not None:
-        check_checkpoint(checkpoint, cfg.ckpt_path, cfg.name, model)
     check_reach(datamodule, model)
+    return datamodule, model
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The callbacks, the loggers and the trainer, in that order."""
     # A group entry set to null (callbacks.progress_bar=null) switches that piece off.
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks.append(CheckpointIdentity(cfg.name))  # not a config option: checked on loading
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     precision, why = choose_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     log.info("trainer.precision=%s: %s", precision, why)
-    trainer = hydra.utils.instantiate(
+    return hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         precision=precision,
     )
-    return datamodule, model, trainer
-
-
-def write_metrics(output_dir: str | Path, metrics: dict, name: str = "metrics.json") -> Path:
-    """Write ``metrics`` as JSON, all or nothing. Where the file exists (a resumed run), its
-    content goes to the end of the new one's ``history``: the latest fit at the top level, the
-    earlier ones in order below it."""
-    path = Path(output_dir) / name
-    if path.is_file():
-        earlier = json.loads(path.read_text())
-        metrics = {**metrics, "history": [*earlier.pop("history", []), earlier]}
-    return write_text_atomic(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
 
 
-def finish(trainer: L.Trainer, output_dir: Path, metrics: dict) -> dict:
-    """Rank 0 writes metrics.json and names the run folder."""
+def test(
+    trainer: L.Trainer, model: L.LightningModule, datamodule, ckpt_path: str | None, run: RunFolder
+) -> dict:
+    """Test the checkpoint ``ckpt_path`` ("best", a file, or None for the weights in memory):
+    its metrics, and the names of the figures it drew into the run folder."""
+    result = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.is_global_zero:
-        log.info("metrics: %s", write_metrics(output_dir, metrics))
-        print(f"Run folder: {output_dir}")
+        run.write_images(model.test_images)
+    return {**scalars(result[0]), "figures": [f"{name}.png" for name in model.test_images]}
+
+
+def finish(trainer: L.Trainer, run: RunFolder, metrics: dict) -> dict:
+    """Rank 0 writes metrics.json, with the code's version, and names the run folder."""
+    metrics = {**metrics, "code": code_version()}
+    if trainer.is_global_zero:
+        log.info("metrics: %s", run.write_metrics(metrics))
+        print(f"Run folder: {run.path}")
     return metrics
 
 
 def fit_and_test(cfg: DictConfig) -> dict:
-    """Fit, test the best checkpoint, and write metrics.json in the run folder."""
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    ckpt_path = cfg.get("ckpt_path")
-    resumed = read_checkpoint(ckpt_path) if ckpt_path else None
-    if cfg.get("resume") and resumed is not None:
-        separate_csv_logs(cfg, resumed["global_step"])
-    datamodule, model, trainer = build(cfg, resumed)
-    if resumed is not None and 0 <= trainer.max_steps <= resumed["global_step"]:
-        raise InputError(
-            f"{ckpt_path} is at step {resumed['global_step']}, and trainer.max_steps="
-            f"{trainer.max_steps}: nothing is left to train; give a larger trainer.max_steps"
-        )
-    if cfg.get("resume") and trainer.is_global_zero:
-        record_resume(output_dir, cfg)
+    """Fit, test the best checkpoint, and write metrics.json and the test's figures in the run
+    folder. ``resume=<run>`` continues the run in its folder, from ``cfg.ckpt_path``."""
+    run = RunFolder.current()
+    datamodule, model = build_model(cfg)
+    ckpt_path = run.resume_from(cfg, model)
+    trainer = build_trainer(cfg)
+    if cfg.get("resume") and trainer.is_global_zero:  # all checked: the folder's records follow
+        run.record_resume(cfg)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {
@@ -161,37 +154,48 @@ def fit_and_test(cfg: DictConfig) -> dict:
         "precision": trainer.precision,
     }
     if ckpt_path:
-        metrics["resumed_from"] = str(Path(ckpt_path).resolve())
+        metrics["resumed_from"] = run.record(ckpt_path)
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["val/loss_best"] = float(checkpoint.best_model_score)
-        metrics["best_checkpoint"] = checkpoint.best_model_path
+        metrics["best_checkpoint"] = run.record(checkpoint.best_model_path)
     if cfg.get("test"):
-        ckpt = "best" if metrics.get("best_checkpoint") else None
-        test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-        metrics.update(scalars(test[0]))
-    return finish(trainer, output_dir, metrics)
+        best = "best" if metrics.get("best_checkpoint") else None
+        metrics.update(test(trainer, model, datamodule, best, run))
+    return finish(trainer, run, metrics)
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Test the checkpoint ``cfg.ckpt_path`` on the experiment's test set; write metrics.json."""
-    ckpt_path = cfg.get("ckpt_path")
-    if not ckpt_path:
-        raise InputError("give the checkpoint to evaluate: run=<run folder> or ckpt_path=<file>")
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    checkpoint = read_checkpoint(ckpt_path)
-    datamodule, model, trainer = build(cfg, checkpoint)
+    """Test a checkpoint on the experiment's test set: ``cfg.ckpt_path``, the one that
+    ``cfg.run`` names (a run folder's last.ckpt, or a checkpoint in one), or the weights of
+    ``cfg.pretrained`` that ship in pretrained/; write metrics.json."""
+    trained = None
+    if cfg.get("run"):
+        trained, ckpt_path = named_checkpoint(cfg.run, "run")
+    elif cfg.get("pretrained"):
+        ckpt_path = pretrained_path(cfg.pretrained)
+    elif cfg.get("ckpt_path"):
+        ckpt_path = Path(cfg.ckpt_path)
+    else:
+        raise InputError(
+            "give the checkpoint to evaluate: run=<run folder>, ckpt_path=<file> or "
+            "pretrained=<experiment>"
+        )
+    run = RunFolder.current()
+    datamodule, model = build_model(cfg)
+    checkpoint = load_checkpoint(ckpt_path, cfg.name, model)
+    trainer = build_trainer(cfg)
     metrics = {
         "experiment": cfg.name,
         "parameters": model.num_parameters,
         "steps": checkpoint["global_step"],
-        "checkpoint": str(Path(ckpt_path).resolve()),
+        "checkpoint": run.record(ckpt_path),
         "device": device(trainer),
         "precision": trainer.precision,
     }
-    for key in ("run", "pretrained"):
-        if cfg.get(key):
-            metrics[key] = cfg[key]
-    test = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics.update(scalars(test[0]))
-    return finish(trainer, output_dir, metrics)
+    if trained is not None:
+        metrics["run"] = run.record(trained.path)
+    if cfg.get("pretrained"):
+        metrics["pretrained"] = cfg.pretrained
+    metrics.update(test(trainer, model, datamodule, str(ckpt_path), run))
+    return finish(trainer, run, metrics)

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from dfn.errors import InputError
 from dfn.run.checkpoints import IDENTITY, AtomicCheckpointIO, check_checkpoint, read_checkpoint
-from dfn.run.runs import RUN_CONFIG, hydra_string, run_folder
+from dfn.run.folder import RunFolder
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
 # What Lightning reads from a checkpoint to test it, besides the weights.
@@ -37,13 +37,13 @@ def export(checkpoint_path: str | Path, out: str | Path | None = None) -> Path:
     """Write the weights of a run's checkpoint as ``pretrained/<experiment>.pt`` (or ``out``)."""
     checkpoint_path = Path(checkpoint_path)
     checkpoint = read_checkpoint(checkpoint_path)
-    run = run_folder(checkpoint_path.resolve())
+    run = RunFolder.containing(checkpoint_path.resolve())
     if run is None or IDENTITY not in checkpoint:
         raise InputError(
             f"{checkpoint_path}: not a checkpoint in a run folder with its identity record; "
             f"export takes <run>/checkpoints/<file>.ckpt of a run of this code"
         )
-    cfg = OmegaConf.load(run / RUN_CONFIG)
+    cfg = run.config
     experiment = checkpoint[IDENTITY]["experiment"]
     weights = {
         name: tensor.float() if tensor.is_floating_point() else tensor
@@ -53,7 +53,7 @@ def export(checkpoint_path: str | Path, out: str | Path | None = None) -> Path:
         "state_dict": weights,
         **{key: checkpoint[key] for key in KEPT},
         "model_config": OmegaConf.to_container(cfg.model, resolve=True),
-        "trained": {"run": run.name, "checkpoint": checkpoint_path.name},
+        "trained": {"run": run.path.name, "checkpoint": checkpoint_path.name},
     }
     out = Path(out) if out is not None else PRETRAINED / f"{experiment}.pt"
     AtomicCheckpointIO().save_checkpoint(record, out)
@@ -61,7 +61,8 @@ def export(checkpoint_path: str | Path, out: str | Path | None = None) -> Path:
 
 
 def pretrained_argv(argv: list[str]) -> list[str]:
-    """eval.py's ``pretrained=<experiment>``: the experiment's config and its shipped weights."""
+    """eval.py's ``pretrained=<experiment>``: the experiment's config; ``evaluate`` takes the
+    weights from pretrained/, so the record reads as the command did."""
     given = [arg for arg in argv[1:] if arg.startswith("pretrained=")]
     if not given:
         return argv
@@ -71,15 +72,10 @@ def pretrained_argv(argv: list[str]) -> list[str]:
             raise InputError(
                 f"pretrained={experiment} names the experiment and its weights; leave out {arg}"
             )
-    path = pretrained_path(experiment)
+    pretrained_path(experiment)  # one line now if there are none
     rest = [arg for arg in argv[1:] if arg not in given]
-    return [
-        argv[0],
-        f"experiment={experiment}",
-        f"ckpt_path={hydra_string(str(path))}",
-        f"++pretrained={experiment}",  # ++: check_keys knows only train.yaml
-        *rest,
-    ]
+    # eval.yaml, where the key is, for check_keys
+    return [argv[0], "--config-name=eval", f"experiment={experiment}", *given[-1:], *rest]
 
 
 def load(source: str | Path) -> tuple[LightningModule, dict]:

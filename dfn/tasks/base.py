@@ -1,7 +1,7 @@
 """What every experiment's LightningModule shares: the optimizer and LR schedule, the parameter
 count, the training, validation and test steps, the test metrics and the TensorBoard figures.
 A task supplies only what is its own: the methods below that raise NotImplementedError, its
-``test_metrics``, and where it differs from the defaults, its ``loss`` and ``frame_loss``.
+``test_metrics``, and where it differs from the defaults, its ``loss`` and ``loss_kind``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class DFNTask(LightningModule):
     ``channels_last`` stores the conv weights channels-last, which the convolutions run faster
     with on CPU (docs/PERFORMANCE.md) and which leaves the maths unchanged."""
 
-    # validation also logs the loss summed over the pixels of a frame, the paper's unit, as
-    # val/<frame_loss> (val/bce)
-    frame_loss: str | None = None
+    # the kind of loss the task trains with ("bce", "mse"); validation also logs it summed over
+    # the pixels of a frame, the paper's unit, as val/<loss_kind> (val/bce)
+    loss_kind: str | None = None
     # metrics whose compute() returns their values by name under test/, which
     # update_test_metrics updates
     test_metrics: MetricCollection
@@ -51,6 +51,8 @@ class DFNTask(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.channels_last = channels_last
+        # what the last test drew, by name: the first batch's figures and those of its metrics
+        self.test_images: dict[str, Tensor] = {}
 
     def setup(self, stage: str) -> None:
         if self.channels_last:
@@ -73,7 +75,7 @@ class DFNTask(LightningModule):
         for logger in self.loggers:
             logger.log_metrics({"model/parameters": float(self.num_parameters)}, step=0)
 
-    def predict(self, batch) -> Outcome:
+    def outcome(self, batch) -> Outcome:
         """The model's prediction of a batch, its target, and what metrics and figures need."""
         raise NotImplementedError
 
@@ -85,9 +87,13 @@ class DFNTask(LightningModule):
         raise NotImplementedError
 
     def figures(self, outcome: Outcome) -> dict[str, Tensor]:
-        """Images by TensorBoard tag: validation draws them for its first batch, and
-        scripts/report.py for the first test batch."""
+        """Images [C, H, W] by name, drawn for the first batch of each validation and test: to
+        TensorBoard as val/<name> and test/<name>, and to the run folder as <name>.png."""
         raise NotImplementedError
+
+    def metric_figures(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Images of the test metrics, by name, drawn when a test ends."""
+        return {}
 
     def weight_metrics(self) -> dict[str, Tensor]:
         """Metrics of the weights alone, logged with each validation and test."""
@@ -95,7 +101,7 @@ class DFNTask(LightningModule):
 
     def training_loss(self, batch) -> Tensor:
         """The loss of one training batch, which ``training_step`` logs."""
-        outcome = self.predict(batch)
+        outcome = self.outcome(batch)
         return self.loss(outcome.prediction, outcome.target)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -104,20 +110,26 @@ class DFNTask(LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        outcome = self.predict(batch)
+        outcome = self.outcome(batch)
         loss = self.loss(outcome.prediction, outcome.target)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        if self.frame_loss is not None:  # the paper's unit: summed over the pixels of a frame
+        if self.loss_kind is not None:  # the paper's unit: summed over the pixels of a frame
             frame = outcome.target[0, 0].numel()
-            self.log(f"val/{self.frame_loss}", loss * frame, sync_dist=True)
+            self.log(f"val/{self.loss_kind}", loss * frame, sync_dist=True)
         if batch_idx == 0:
-            self.log_figures(self.figures(outcome))
+            self.log_images("val", self.figures(outcome))
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict({f"val/{k}": v for k, v in self.weight_metrics().items()}, sync_dist=True)
 
+    def on_test_epoch_start(self) -> None:
+        self.test_images = {}
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self.update_test_metrics(self.predict(batch))
+        outcome = self.outcome(batch)
+        self.update_test_metrics(outcome)
+        if batch_idx == 0:
+            self.test_images = self.figures(outcome)
 
     def on_test_epoch_end(self) -> None:
         # compute() reduces the states over the processes: every rank logs the same values (which
@@ -129,9 +141,11 @@ class DFNTask(LightningModule):
                 metrics |= metric.compute()
         self.log_dict({f"test/{k}": v for k, v in metrics.items()}, sync_dist=True)
         self.test_metrics.reset()
+        self.test_images |= self.metric_figures(metrics)
+        self.log_images("test", self.test_images)
 
-    def log_figures(self, figures: dict[str, Tensor]) -> None:
+    def log_images(self, stage: str, images: dict[str, Tensor]) -> None:
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                for tag, image in figures.items():
-                    logger.experiment.add_image(tag, image, self.global_step)
+                for name, image in images.items():
+                    logger.experiment.add_image(f"{stage}/{name}", image, self.global_step)

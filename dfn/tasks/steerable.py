@@ -86,7 +86,7 @@ class SteerableFilterTask(DFNTask):
         """The images filtered with their angles' analytic steerable filters."""
         return steer(images, theta, self.kernel_size, self.sigma)
 
-    def predict(self, batch) -> Outcome:
+    def outcome(self, batch) -> Outcome:
         images, theta = batch
         return Outcome(self(images, theta), self.target(images, theta), {"images": images})
 
@@ -101,8 +101,8 @@ class SteerableFilterTask(DFNTask):
         scale = 0.5 / target[:8].abs().amax()  # show signed responses around grey
         rows = [extras["images"][:8], 0.5 + scale * target[:8], 0.5 + scale * output[:8]]
         return {
-            "val/input_target_output": sequence_grid(rows),
-            "val/filters_learned_vs_analytic": self.figure_4(),
+            "input_target_output": sequence_grid(rows),
+            "filters_learned_vs_analytic": self.filters_learned_vs_analytic(),
         }
 
     def test_angles(self, n: int = 8) -> Tensor:
@@ -117,7 +117,7 @@ class SteerableFilterTask(DFNTask):
         return F.cosine_similarity(learned, analytic, dim=1).mean()
 
     @torch.no_grad()
-    def figure_4(self) -> Tensor:
+    def filters_learned_vs_analytic(self) -> Tensor:
         """Learned filters at 0, 45, 90, ... degrees (top row) beside the analytic ones (bottom)."""
         theta = self.test_angles()
         learned = self.generate_filters(theta).flatten(1)

@@ -21,7 +21,7 @@ class StereoPredictionTask(DFNTask):
     """Batches are dicts with "left", "right" [B, 1, H, W] and "disparity" (NaN where unknown).
     Scored beside the predictor that copies the left view (``test/copy_left/...``)."""
 
-    frame_loss = "mse"
+    loss_kind = "mse"
 
     def __init__(self, predictor: DynamicFilterPredictor, num_logged: int = 8, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -60,7 +60,7 @@ class StereoPredictionTask(DFNTask):
         source = x + truth
         return torch.isfinite(truth) & (source >= 0) & (source <= truth.shape[-1] - 1)
 
-    def predict(self, batch: dict) -> Outcome:
+    def outcome(self, batch: dict) -> Outcome:
         prediction, filters = self(batch["left"])
         extras = {"left": batch["left"], "filters": filters, "truth": batch["disparity"]}
         return Outcome(prediction, batch["right"], extras)
@@ -78,10 +78,10 @@ class StereoPredictionTask(DFNTask):
         prediction, right, extras = outcome
         n = self.num_logged
         rows = [extras["left"][:n], right[:n], prediction[:n]]
-        figures = {"val/left_right_prediction": sequence_grid(rows)}
+        figures = {"left_right_prediction": sequence_grid(rows)}
         disparity = self.disparity(extras["filters"])
         if disparity is not None:
             maps = [disparity[:n], extras["truth"][:n]]
             images = [colorize(m, -self.reach, self.reach) for m in maps]
-            figures["val/disparity_vs_ground_truth"] = sequence_grid(images)
+            figures["disparity_vs_ground_truth"] = sequence_grid(images)
         return figures

@@ -14,10 +14,10 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 
 from dfn.errors import InputError
-from dfn.models.predictor import DynamicFilterPredictor
+from dfn.models.predictor import DynamicFilterPredictor, FilterHead
 from dfn.tasks.base import DFNTask, Outcome
 from dfn.tasks.metrics import FrameMetrics, binary_cross_entropy
-from dfn.tasks.visualize import flow_grid, sequence_grid
+from dfn.tasks.visualize import error_per_frame, flow_grid, sequence_grid
 
 
 def prediction_loss(kind: str, prediction: Tensor, target: Tensor) -> Tensor:
@@ -52,7 +52,7 @@ class VideoPredictionTask(DFNTask):
             )
         self.predictor = predictor
         self.num_input, self.num_predicted = num_input, num_predicted
-        self.frame_loss = loss
+        self.loss_kind = loss
         self.num_logged = num_logged
         self.test_metrics = MetricCollection(
             {p: FrameMetrics(num_predicted, p) for p in ("model", "copy_last")},
@@ -75,13 +75,13 @@ class VideoPredictionTask(DFNTask):
             )
         return frames[:, : self.num_input], frames[:, self.num_input :]
 
-    def predict(self, frames: Tensor) -> Outcome:
+    def outcome(self, frames: Tensor) -> Outcome:
         context, target = self.split(frames)
         prediction, filters = self(context)
         return Outcome(prediction, target, {"context": context, "filters": filters})
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
-        return prediction_loss(self.frame_loss, prediction, target)
+        return prediction_loss(self.loss_kind, prediction, target)
 
     def update_test_metrics(self, outcome: Outcome) -> None:
         prediction, target, extras = outcome
@@ -94,7 +94,20 @@ class VideoPredictionTask(DFNTask):
         rows = []
         for i in range(min(self.num_logged, len(context))):
             rows += [torch.cat([context[i], target[i]]), torch.cat([context[i], prediction[i]])]
-        figures = {"val/ground_truth_vs_prediction": sequence_grid(rows)}
+        figures = {"ground_truth_vs_prediction": sequence_grid(rows)}
         if filters[0] is not None:
-            figures["val/filter_flow"] = flow_grid([self.displacement(f[:1]) for f in filters])
+            figures["filter_flow"] = flow_grid([self.displacement(f[:1]) for f in filters])
         return figures
+
+    def metric_figures(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The loss per predicted frame t+k, the model's beside copying the last frame."""
+        if self.num_predicted == 1:
+            return {}
+        frames = range(1, self.num_predicted + 1)
+        model, copy = ([float(metrics[f"{p}{self.loss_kind}_t{k}"]) for k in frames]
+                       for p in ("", "copy_last/"))  # fmt: skip
+        label = "DFN" if isinstance(self.predictor.head, FilterHead) else "baseline"
+        unit = f"{self.loss_kind.upper()} per frame"
+        title = f"{unit} at each predicted frame"
+        image = error_per_frame({label: model}, {"copy last frame": copy}, unit, title)
+        return {"error_per_frame": image}
