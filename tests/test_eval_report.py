@@ -350,7 +350,7 @@ def test_claims_give_each_verdict_by_the_stated_rules(claim_runs, tmp_path):
     assert simulated[3] == "900 (short; paper 20,000)"
     assert simulated[-1] == "not shown"
     clip = highway[folders(claim_runs, "clip_s1", "clip_s2", "clip_base")]
-    assert clip[2] == f"`{' '.join(sorted(CLIP))} trainer.precision=32-true`"
+    assert clip[2] == f"`{' '.join(sorted(CLIP))} trainer.precision=auto`"
     assert clip[-1] == "shown"
     for alone in ("clip_bf16", "clip_base_700"):  # other precision, other steps: no pair
         assert highway[folders(claim_runs, alone)][-1] == "not yet run"
