@@ -62,21 +62,52 @@ def test_recurrence_adds_the_hidden_state_to_the_encoder_output():
     assert torch.allclose(h2, encoded + g.recurrent(h1))
 
 
-def test_rollout_feeds_predictions_back_and_never_sees_the_future():
+def step_by_step(p: DynamicFilterPredictor, context: torch.Tensor, num_predicted: int):
+    """The rollout written plainly: every step the whole generator, then the next frame."""
+    frames, hidden, predictions = list(context.unbind(1)), None, []
+    k = p.frames_per_step
+    for s in range(context.shape[1] - k + num_predicted):
+        frame, _, hidden = p.step(torch.cat(frames[s : s + k], 1), hidden)
+        if s + k >= context.shape[1]:
+            frames.append(frame)
+            predictions.append(frame)
+    return torch.stack(predictions, 1)
+
+
+def loss_and_grads(p, rollout, context, target, autocast: bool):
+    p.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = F.mse_loss(rollout(p, context, target.shape[1]).float(), target.float())
+    loss.backward()
+    return loss.detach(), torch.cat([q.grad.flatten() for q in p.parameters()])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "autocast", "frames_per_step", "tolerance"),
+    [
+        (torch.float64, False, 1, 1e-12),
+        (torch.float64, False, 2, 1e-12),
+        (torch.float32, False, 1, 1e-5),
+        (torch.float32, True, 1, 2**-8),  # bf16-mixed: bf16 rounds to 2^-9 relative
+        (torch.float32, True, 2, 2**-8),
+    ],
+)
+def test_rollout_is_the_step_by_step_rollout_in_values_and_gradients(
+    dtype, autocast, frames_per_step, tolerance
+):
+    """The rollout runs the encoder over the known windows as one batch and skips the decoder
+    where a step's prediction is not needed: the same loss and gradients as the whole generator
+    step by step, to rounding (float64), or within bf16's rounding (bf16-mixed)."""
     torch.manual_seed(0)
-    p = make_predictor()
-    context = torch.rand(2, 4, 1, 16, 16)
+    p = make_predictor(frames_per_step=frames_per_step, dynamic_bias=frames_per_step == 2)
+    p.to(dtype)
+    context, target = torch.rand(2, 4, 1, 16, 16, dtype=dtype), torch.rand(2, 3, 1, 16, 16)
     predictions, filters = p.rollout(context, 3)
     assert predictions.shape == (2, 3, 1, 16, 16) and len(filters) == 3
-    # Reproduce it by hand: 3 context steps, then each prediction is the next input.
-    hidden, frame = None, None
-    for t in range(4):
-        frame, _, hidden = p.step(context[:, t], hidden)
-    manual = [frame]
-    for _ in range(2):
-        frame, _, hidden = p.step(frame, hidden)
-        manual.append(frame)
-    assert torch.allclose(predictions, torch.stack(manual, 1), atol=1e-6)
+    fast = loss_and_grads(p, lambda p, c, n: p.rollout(c, n)[0], context, target, autocast)
+    plain = loss_and_grads(p, step_by_step, context, target, autocast)
+    assert fast[0].item() == pytest.approx(plain[0].item(), rel=tolerance)
+    assert (fast[1] - plain[1]).norm() <= tolerance * plain[1].norm()
 
 
 def test_two_frames_per_step_and_dynamic_bias_shapes():

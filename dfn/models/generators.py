@@ -106,7 +106,8 @@ class FilterGenerator(nn.Module):
     """encoder -> (recurrence) -> decoder -> 1x1 head -> linear 1x1 to ``out_channels``.
 
     ``forward(x, hidden)`` runs one step and returns ``(generated, hidden)``; ``hidden`` is None
-    for a generator without recurrence.
+    for a generator without recurrence. A rollout calls the parts of a step (``encoder``,
+    ``recur``, ``decode``) itself: the encoder needs no previous step.
     """
 
     def __init__(
@@ -153,19 +154,22 @@ class FilterGenerator(nn.Module):
             f"image_size={self.image_size}{hidden}"
         )
 
-    def initial_hidden(self, x: Tensor) -> Tensor | None:
+    def recur(self, features: Tensor, hidden: Tensor | None) -> Tensor:
+        """The encoder's ``features`` plus the recurrent stage's output of ``hidden`` (zeros when
+        None): the new hidden state. Without recurrence, the features."""
         if self.recurrent is None:
-            return None
-        return x.new_zeros(x.shape[0], *self.hidden_shape)
+            return features
+        if hidden is None:
+            hidden = torch.zeros_like(features)  # in the features' layout (channels-last)
+        return features + self.recurrent(hidden)
+
+    def decode(self, features: Tensor) -> Tensor:
+        """The generated filters (and bias) [B, out_channels, H, W] of a step's features."""
+        return self.head(self.decoder(features))
 
     def forward(self, x: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        features = self.encoder(x)
-        if self.recurrent is not None:
-            if hidden is None:
-                hidden = self.initial_hidden(x)
-            features = features + self.recurrent(hidden)
-            hidden = features
-        return self.head(self.decoder(features)), hidden
+        features = self.recur(self.encoder(x), hidden)
+        return self.decode(features), (None if self.recurrent is None else features)
 
 
 class MLPFilterGenerator(nn.Module):

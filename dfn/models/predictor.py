@@ -101,8 +101,10 @@ class DynamicFilterPredictor(nn.Module):
             in_channels=frames_per_step,
             out_channels=filtering.generated_channels,
         )
-        if compile:  # torch.compile the per-step network in place; the state dict is unchanged
-            self.generator.compile()
+        if compile:  # torch.compile the generator's stages in place (the rollout calls them one
+            # by one); the state dict is unchanged
+            for stage in self.generator.children():
+                stage.compile()
         # Built after the generator, so that a seed gives the DFN and its baseline the same
         # generator weights.
         self.head = complete(
@@ -136,13 +138,23 @@ class DynamicFilterPredictor(nn.Module):
                 f"the rollout needs context [B, T_in >= {k}, 1, H, W] and num_predicted >= 1, "
                 f"got context {tuple(context.shape)} and num_predicted={num_predicted}"
             )
+        steps = num_input - k + num_predicted
+        # The windows of context frames need no previous step: the encoder takes them in one
+        # call, a batch of known * B (same maths, larger convolutions).
+        known = num_input - k + 1
+        windows = torch.cat([context[:, s : s + k, 0] for s in range(known)])
+        encoded = self.generator.encoder(windows).chunk(known)
         frames = list(context.unbind(1))
         hidden = None
         predictions, filters = [], []
-        for s in range(num_input - k + num_predicted):
-            prediction, step_filters, hidden = self.step(torch.cat(frames[s : s + k], 1), hidden)
-            if s + k >= num_input:
-                frames.append(prediction)
-                predictions.append(prediction)
-                filters.append(step_filters)
+        for s in range(steps):
+            window = torch.cat(frames[s : s + k], 1)
+            features = encoded[s] if s < known else self.generator.encoder(window)
+            hidden = self.generator.recur(features, hidden)
+            if s + k < num_input:
+                continue  # it would predict a context frame: only its hidden state is needed
+            prediction, step_filters = self.head(window, self.generator.decode(hidden))
+            frames.append(prediction)
+            predictions.append(prediction)
+            filters.append(step_filters)
         return torch.stack(predictions, 1), filters
