@@ -15,6 +15,7 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
+from dfn.models.generators import native_bf16
 from dfn.run.callbacks import set_logging_step
 from dfn.run.cli import config_node, one_line
 
@@ -128,3 +129,9 @@ def test_a_worker_killed_by_the_kernel_is_read_from_pytorchs_message():
     assert line is not None and line.startswith("a data loader worker was killed"), (
         f"PyTorch's message changed; dfn.run.cli.killed_worker reads it: {caught.value!r}"
     )
+
+
+def test_torch_says_whether_its_cpu_convolutions_have_bf16_kernels():
+    """dfn.models.generators.native_bf16 asks torch's private mkldnn op."""
+    native_bf16.cache_clear()
+    assert native_bf16() in (True, False)

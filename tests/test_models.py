@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+import dfn.models.generators as generators
 from dfn.errors import InputError
-from dfn.models.generators import FilterGenerator, UntiedBiasConv
+from dfn.models.generators import Conv2d, FilterGenerator, UntiedBiasConv
 from dfn.models.predictor import EPS, ConvHead, DynamicFilterPredictor, FilterHead
 from dfn.ops.filtering import DynamicLocalFilter, expected_displacement
 from dfn.tasks.metrics import METRICS, PSNR_CAP, FrameMetrics, frame_metrics
@@ -108,6 +109,52 @@ def test_rollout_is_the_step_by_step_rollout_in_values_and_gradients(
     plain = loss_and_grads(p, step_by_step, context, target, autocast)
     assert fast[0].item() == pytest.approx(plain[0].item(), rel=tolerance)
     assert (fast[1] - plain[1]).norm() <= tolerance * plain[1].norm()
+
+
+def bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).double()
+
+
+def test_bf16_convolution_without_bf16_kernels_rounds_as_onednn_does(monkeypatch):
+    """Emulated (a CPU without bf16 kernels): float32 arithmetic on bf16-rounded operands, one
+    rounding of each result to bf16, which is what oneDNN's bf16 kernels compute. Against
+    float64 on the rounded operands, rounded once: the same bf16 value almost everywhere (a sum
+    within float32 rounding of a rounding boundary may fall the other way), never 2 steps off."""
+    monkeypatch.setattr(generators, "native_bf16", lambda: False)
+    torch.manual_seed(0)
+    conv = Conv2d(8, 16, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 12, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(2, 16, 12, 12).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    assert out.dtype == torch.bfloat16
+    out.backward(grad)
+    operands = [bf16(t).requires_grad_() for t in (x, conv.weight, conv.bias)]
+    exact = F.conv2d(*operands, padding=1)
+    exact_grads = torch.autograd.grad(exact, operands, grad.double())
+    for value, expected in zip(
+        [out, x.grad, conv.weight.grad, conv.bias.grad], [exact, *exact_grads], strict=True
+    ):
+        value, expected = value.double(), bf16(expected)
+        assert (value == expected).float().mean() > 0.99
+        torch.testing.assert_close(value, expected, rtol=2**-7, atol=1e-6)
+
+
+def test_a_step_with_emulated_bf16_is_a_step_with_torchs_bf16_kernels(monkeypatch):
+    """The small model's bf16-mixed loss and gradients, with the emulated convolutions and with
+    torch's own bf16 kernels, agree within bf16's rounding (float32 arithmetic without the
+    roundings is 0.03 off here: the test tells them apart)."""
+    results = {}
+    for native in (True, False):
+        monkeypatch.setattr(generators, "native_bf16", lambda native=native: native)
+        torch.manual_seed(0)
+        p = make_predictor()
+        context, target = torch.rand(2, 4, 1, 16, 16), torch.rand(2, 3, 1, 16, 16)
+        rollout = lambda p, c, n: p.rollout(c, n)[0]  # noqa: E731
+        results[native] = loss_and_grads(p, rollout, context, target, autocast=True)
+    (loss, grads), (emulated_loss, emulated_grads) = results[True], results[False]
+    assert emulated_loss.item() == pytest.approx(loss.item(), rel=2**-8)
+    assert (emulated_grads - grads).norm() <= 2**-6 * grads.norm()
 
 
 def test_two_frames_per_step_and_dynamic_bias_shapes():

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dfn.errors import InputError
-from dfn.models.generators import FilterGenerator, complete, he_uniform_
+from dfn.models.generators import Conv2d, FilterGenerator, complete, he_uniform_
 from dfn.ops.filtering import DynamicLocalFilter
 
 EPS = float(torch.finfo(torch.float32).eps)
@@ -58,7 +58,7 @@ class ConvHead(nn.Module):
 
     def __init__(self, filtering: DynamicLocalFilter, clip_output: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(filtering.generated_channels, 1, 1)
+        self.conv = Conv2d(filtering.generated_channels, 1, 1)
         he_uniform_(self.conv)
         self.clip_output = clip_output
 
