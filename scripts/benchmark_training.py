@@ -1,36 +1,59 @@
-"""Seconds per full training step (rollout forward, backward, Adam) under settings that keep
-the maths, measured in one process against the first setting given.
+"""Seconds per full training step (forward, backward, Adam) of an experiment as ``train.py`` runs
+it, beside variants that each name what they change, measured in one process; and the step's
+model TFLOP/s beside a matmul's, measured in the same process.
 
-    python scripts/benchmark_training.py experiment=moving_mnist --batch-size 4 --steps 3
-    python scripts/benchmark_training.py experiment=highway --variants fp32,bf16
-    python scripts/benchmark_training.py experiment=stereo --variants unfold,shift,cpp --rounds 5
-    python scripts/benchmark_training.py --device cuda --batch-size 16 --variants fp32,unfold,bf16
+    python scripts/benchmark_training.py experiment=moving_mnist trainer.precision=bf16-mixed
+    python scripts/benchmark_training.py experiment=moving_mnist --variants=-channels_last,+compile
+    python scripts/benchmark_training.py experiment=stereo --variants impl=reference,impl=shift
+    python scripts/benchmark_training.py experiment=moving_mnist --profile
+    python scripts/benchmark_training.py --device cuda --variants +cuda_graph
 
-A variant is settings joined by ``+`` (``bf16+channels_last``). Each builds the experiment's real
-model from its config (the same seed, the same batch) and runs one warm-up step; then ``--rounds``
-rounds each time ``--steps`` steps of every variant, in an order that rotates from round to round,
-so that a machine's changing load falls on all of them alike. The table gives the median step
-time and the interquartile range of all its steps, the median process CPU time of a step (all
-threads), and the speed-up over the first variant: the median, and the range, over the rounds of
-the first variant's median step time in that round divided by this one's, and in how many rounds
-this one was the faster.
+The first row is the configuration that the overrides compose, built as ``train.py`` builds it:
+``hydra.utils.instantiate(cfg.model)`` (so the filter's ``impl`` and ``model.predictor.compile``
+as configured), ``setup("fit")`` (``model.channels_last``), the trainer's precision as a run
+resolves it (``auto``: ``dfn.run.hardware.choose_precision``; ``bf16-mixed``: the loss under
+``torch.autocast`` in bfloat16, as Lightning runs it), Adam, and
+``data.batch_size`` unless ``--batch-size`` is given. Each other variant is a list of changes
+separated by spaces: a Hydra override (``model.predictor.filtering.impl=reference``) or a short
+name for one: ``+channels_last``/``-channels_last``, ``+compile``/``-compile``,
+``precision=32-true``/``precision=bf16-mixed``, ``impl=reference|shift|cpp|triton``; and
+``+cuda_graph`` (CUDA only), which captures the whole step, Adam included (``capturable=True``),
+in one CUDA graph after three warm-up steps on a side stream and replays it: what a step costs
+without Python and kernel launches. The batch is random frames of the experiment's shape.
 
-``fp32`` is the float32 model with the config's filter op (``impl="auto"``) and ``channels_last``
-off; ``channels_last`` turns it on, as the video and stereo configs do. ``unfold``, ``shift``,
-``cpp`` and ``triton`` set the dynamic filter's ``impl`` (``unfold`` is the reference), to show
-what each buys in a whole step. ``cuda_graph`` (CUDA only) captures the whole step, Adam included
-(``capturable=True``), in one CUDA graph after three warm-up steps on a side stream, and replays
-it, copying the batch into the graph's input first: what a step costs without Python and kernel
-launches (PyTorch's "whole network capture").
+Each variant runs two untimed warm-up steps (compilation, allocations); then ``--rounds`` rounds
+each time ``--steps`` steps of every variant, in an order that rotates from round to round, so that
+a machine's changing load falls on all of them alike. The table gives the median step time and the
+interquartile range of all its steps, the median process CPU time of a step (all threads), the
+model TFLOP/s, its ratio to the matmul, and the speed-up over the first variant: the median, and
+the range, over the rounds of the first variant's median step time in that round divided by this
+one's, and in how many rounds this one was the faster.
+
+Model FLOPs: three times those of the convolutions and matmuls the first variant's forward runs
+(the backward computes an input and a weight gradient of each, each as many FLOPs as the
+forward), counted by ``torch.utils.flop_counter`` on a float32 forward of the batch. The matmul:
+2048 x 2048 x 2048 in float32 and, where the device has bfloat16 kernels
+(``dfn.models.generators.native_bf16`` on CPU), in bfloat16, with the same threads; the ratio is
+to the faster of the two.
+
+``--profile`` times one more step of the first variant under ``torch.profiler`` and, on CPU,
+oneDNN's verbose log, and prints where its time went: the convolutions' forward, backward-data
+and backward-weights primitives and oneDNN's layout reorders (from oneDNN's own timings), the
+dynamic filter, the optimizer, dtype and layout copies, the other tensor ops, and the rest
+(Python, autograd, dispatch): the wall time no op accounts for.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
+import re
 import statistics
+import sys
+import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -38,56 +61,83 @@ from pathlib import Path
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
+from dfn.models.generators import native_bf16
 from dfn.ops.cpp import cpu_model
+from dfn.run.hardware import choose_precision
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# the settings a variant joins with "+"
-SETTINGS = {
-    "fp32": {},
-    "channels_last": {"channels_last": True},
-    "bf16": {"bf16": True},
-    "compile": {"compile": True},
-    "unfold": {"impl": "reference"},
-    "shift": {"impl": "shift"},
-    "cpp": {"impl": "cpp"},
-    "triton": {"impl": "triton"},
-    "cuda_graph": {"graph": True},
+# short names for the Hydra overrides a variant makes
+SHORT = {
+    "+channels_last": "model.channels_last=true",
+    "-channels_last": "model.channels_last=false",
+    "+compile": "model.predictor.compile=true",
+    "-compile": "model.predictor.compile=false",
+    "precision=": "trainer.precision=",
+    "impl=": "model.predictor.filtering.impl=",
 }
+GRAPH = "+cuda_graph"  # not a config setting: how the benchmark runs the step
+PRECISIONS = ("32-true", "32", "bf16-mixed")
 
 
-def variant_settings(name: str) -> dict:
-    settings = {}
-    for part in name.split("+"):
-        if part not in SETTINGS:
-            raise SystemExit(f"unknown setting {part!r} in {name!r}; known: {', '.join(SETTINGS)}")
-        settings |= SETTINGS[part]
-    return settings
+def variant_overrides(variant: str) -> tuple[list[str], bool]:
+    """A variant's Hydra overrides, and whether it captures the step in a CUDA graph."""
+    overrides, graph = [], False
+    for change in variant.split():
+        if change == GRAPH:
+            graph = True
+            continue
+        for short, override in SHORT.items():
+            if change == short or (short.endswith("=") and change.startswith(short)):
+                change = override + change[len(short) :]
+                break
+        if "=" not in change:
+            known = ", ".join([*SHORT, GRAPH])
+            raise SystemExit(f"unknown change {change!r} in {variant!r}: {known}, or key=value")
+        overrides.append(change)
+    return overrides, graph
 
 
-def make_batch(cfg, batch_size: int, device: torch.device) -> object:
+def compose_cfg(overrides: list[str], device: torch.device) -> DictConfig:
+    """The composed config, its trainer.precision resolved as a run resolves it (``auto``)."""
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    cfg.trainer.precision, _ = choose_precision(cfg.trainer.precision, accelerator)
+    if cfg.trainer.precision not in PRECISIONS:
+        raise SystemExit(f"trainer.precision={cfg.trainer.precision}: runs only {PRECISIONS}")
+    return cfg
+
+
+def make_batch(cfg: DictConfig, batch_size: int, device: torch.device) -> object:
+    """Random frames of the experiment's shape: a video [B, T, 1, H, W] or a stereo pair."""
+    size = cfg.model.predictor.generator.image_size
     if "num_input" in cfg.model:
         frames = cfg.model.num_input + cfg.model.num_predicted
-        return torch.rand(batch_size, frames, 1, 64, 64, device=device)
-    left = torch.rand(batch_size, 1, 64, 64, device=device)
+        return torch.rand(batch_size, frames, 1, size, size, device=device)
+    left = torch.rand(batch_size, 1, size, size, device=device)
     return {"left": left, "right": left.roll(2, -1), "disparity": torch.zeros_like(left)}
 
 
-def build_model(cfg, device: torch.device, channels_last=False, compile=False, impl=None):
-    """The experiment's model from its config (seed 0), set up as a run would set it up."""
-    if impl is not None:  # what model.predictor.filtering.impl=... does
-        cfg = copy.deepcopy(cfg)
-        cfg.model.predictor.filtering.impl = impl
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """The experiment's model from its config (seed 0), set up as a run sets it up."""
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model).to(device)
-    if compile:
-        model.predictor.generator.compile()  # as model.predictor.compile=true does
-    model.channels_last = channels_last  # what model.channels_last=... does in a run
     model.setup("fit")
     return model
 
 
-def make_train_step(model, optimizer, autocast=None):
+def autocast_for(cfg: DictConfig, device: torch.device):
+    """The autocast context Lightning's precision setting runs the forward in."""
+    if str(cfg.trainer.precision) == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_train_step(model, optimizer, autocast=None) -> Callable[[object], None]:
     """One training step on a batch: the loss (under ``autocast``), backward, the update."""
 
     def train_step(batch) -> None:
@@ -100,40 +150,31 @@ def make_train_step(model, optimizer, autocast=None):
     return train_step
 
 
-def prepare_variant(
-    cfg, batch, device: torch.device,
-    channels_last=False, bf16=False, compile=False, impl=None, graph=False,
-):  # fmt: skip
-    """The variant's model, its optimizer and a timed-ready step, after one warm-up step."""
+def prepare_variant(cfg: DictConfig, batch, device: torch.device, graph: bool = False):
+    """The variant's step, ready to time after two warm-up steps."""
     if graph and device.type != "cuda":
-        raise SystemExit("the cuda_graph variant needs --device cuda")
-    model = build_model(cfg, device, channels_last, compile, impl)
+        raise SystemExit(f"{GRAPH} needs --device cuda")
+    model = build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), capturable=graph)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
-    train_step = make_train_step(model, optimizer, autocast)
+    train_step = make_train_step(model, optimizer, autocast_for(cfg, device))
 
     def step() -> None:
         train_step(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
 
     if graph:
         step = captured_step(train_step, batch, device)
-    step()  # warm-up (and compilation)
+    for _ in range(2):  # compilation, first allocations
+        step()
     return step
 
 
-def time_steps(step, steps: int) -> list[tuple[float, float]]:
-    """(wall seconds, process CPU seconds) of each of ``steps`` steps."""
-    times = []
-    for _ in range(steps):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        step()
-        times.append((time.perf_counter() - start, time.process_time() - start_cpu))
-    return times
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def captured_step(train_step, batch, device: torch.device):
+def captured_step(train_step, batch, device: torch.device) -> Callable[[], None]:
     """``train_step`` captured in a CUDA graph; returns a step that copies ``batch`` into the
     graph's input and replays it."""
 
@@ -161,6 +202,39 @@ def captured_step(train_step, batch, device: torch.device):
     return replay
 
 
+def step_flops(cfg: DictConfig, batch, device: torch.device) -> float:
+    """Model FLOPs of one training step: 3x those of the forward's convolutions and matmuls."""
+    model = build_model(cfg, device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.training_loss(batch)
+    return 3.0 * counter.get_total_flops()
+
+
+def matmul_tflops(dtype: torch.dtype, device: torch.device, n: int = 2048) -> float:
+    """TFLOP/s of an n x n x n matmul: the best of five after a warm-up."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    out = torch.empty_like(a)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(5):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
+
+
+def time_steps(step: Callable[[], None], steps: int) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) of each of ``steps`` steps."""
+    times = []
+    for _ in range(steps):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step()
+        times.append((time.perf_counter() - start, time.process_time() - start_cpu))
+    return times
+
+
 def quartiles(samples: list[float]) -> tuple[float, float, float]:
     if len(samples) == 1:
         return samples[0], samples[0], samples[0]
@@ -172,36 +246,108 @@ def load_average() -> str:
     return " ".join(f"{load:.1f}" for load in os.getloadavg())
 
 
+# --profile: torch.profiler's ops by what they do (the first pattern that matches), self times
+CATEGORIES = [
+    ("convolutions (torch's share)", r"convolution"),
+    ("dynamic filter (softmax, padding, C++ kernels)", r"^dfn::|softmax|_ShiftLocalFilter"),
+    ("optimizer (Adam, zero_grad)", r"Optimizer|_foreach|adam"),
+    ("dtype and layout copies", r"^aten::(_to_copy|copy_|clone|contiguous)$"),
+    ("other tensor ops", r"^aten::"),
+]
+ONEDNN = re.compile(
+    r"onednn_verbose,(?:v1,)?(?:primitive,)?exec,cpu,(\w+),[^,]*,(\w+),.*,([\d.]+)$"
+)
+
+
+def profile_step(step: Callable[[], None]) -> tuple[float, dict[str, float], dict[str, float]]:
+    """One step under torch.profiler and oneDNN's verbose log: its wall seconds, the profiler's
+    self seconds by category, oneDNN's primitive seconds by kind."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile("w+") as log:
+        os.dup2(log.fileno(), 1)  # oneDNN prints from C to stdout
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    start = time.perf_counter()
+                    step()
+                    wall = time.perf_counter() - start
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        onednn: dict[str, float] = defaultdict(float)
+        for line in log:
+            if match := ONEDNN.match(line.strip()):
+                primitive, kind, ms = match.groups()
+                name = "reorder" if primitive == "reorder" else f"{primitive} {kind}"
+                onednn[name] += float(ms) / 1e3
+    ops: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        name = event.key
+        category = next((c for c, pattern in CATEGORIES if re.search(pattern, name)), None)
+        ops[category or "other tensor ops"] += event.self_cpu_time_total / 1e6
+    return wall, ops, onednn
+
+
+def print_profile(wall: float, ops: dict[str, float], onednn: dict[str, float]) -> None:
+    print(f"\nOne step of the first variant under the profiler: {wall:.3f} s\n")
+    print("| where | s | share |\n|---|---|---|")
+    convs = ops.pop("convolutions (torch's share)", 0.0)
+    rows = [(f"oneDNN {kind}", s) for kind, s in sorted(onednn.items(), key=lambda kv: -kv[1])]
+    # the convolution ops' time outside oneDNN's primitives: checks, allocations, torch's glue
+    rows.append(("convolutions outside oneDNN's primitives", convs - sum(onednn.values())))
+    rows += sorted(ops.items(), key=lambda kv: -kv[1])
+    rows.append(("Python, autograd, dispatch (no op)", wall - convs - sum(ops.values())))
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.3f} | {seconds / wall:.1%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", default=["experiment=moving_mnist"])
+    parser.add_argument("--variants", default="", help="comma-separated, after the configured one")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, help="default: the config's data.batch_size")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--variants", default="fp32,channels_last,bf16,bf16+channels_last")
+    parser.add_argument("--profile", action="store_true", help="where a step's time goes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=args.overrides)
     device = torch.device(args.device)
-    batch = make_batch(cfg, args.batch_size, device)
-    names = args.variants.split(",")
-    settings = {name: variant_settings(name) for name in names}
-    on_gpu = device.type == "cuda"
-    where = f"{cpu_model()}, {args.threads} threads"
-    if on_gpu:
-        where = torch.cuda.get_device_name(device)
+    cfg = compose_cfg(args.overrides, device)
+    batch_size = args.batch_size or cfg.data.batch_size
+    batch = make_batch(cfg, batch_size, device)
+    names = ["as configured", *[v.strip() for v in args.variants.split(",") if v.strip()]]
+    setups = {name: variant_overrides("" if i == 0 else name) for i, name in enumerate(names)}
+    cfgs = {name: compose_cfg(args.overrides + setups[name][0], device) for name in names}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    first = cfgs[names[0]]
     print(
-        f"# {' '.join(args.overrides)}, batch {args.batch_size}, {where}, "
+        f"# {' '.join(args.overrides)}, batch {batch_size}, {where}, {args.threads} threads, "
         f"torch {torch.__version__}, {datetime.now():%Y-%m-%d %H:%M}; "
         f"{args.rounds} rounds of {args.steps} steps per variant\n"
+        f"- as configured: trainer.precision={first.trainer.precision}, "
+        f"model.channels_last={first.model.get('channels_last')}, "
+        f"model.predictor.compile={first.model.predictor.get('compile')}, "
+        f"impl={first.model.predictor.get('filtering', {}).get('impl')}\n"
         f"- load average before: {load_average()}"
     )
-    if on_gpu:  # CUDA context, cuDNN's algorithm search, the allocator: not the first variant's
-        prepare_variant(cfg, batch, device)
-    steps = {name: prepare_variant(cfg, batch, device, **settings[name]) for name in names}
+    flops = step_flops(first, batch, device)
+    matmuls = {"float32": matmul_tflops(torch.float32, device)}
+    if device.type == "cuda" or native_bf16():
+        matmuls["bfloat16"] = matmul_tflops(torch.bfloat16, device)
+    peak = max(matmuls.values())
+    print(
+        f"- model FLOPs per step: {flops / 1e9:.1f} G, {flops / batch_size / 1e9:.1f} G a sample\n"
+        f"- matmul 2048^3: "
+        + ", ".join(f"{dtype} {tflops:.3f} TFLOP/s" for dtype, tflops in matmuls.items())
+        + ("" if "bfloat16" in matmuls else " (no bfloat16 kernels on this CPU)")
+    )
+    if device.type == "cuda":  # CUDA context, cuDNN's algorithm search: not the first variant's
+        prepare_variant(first, batch, device)
+    steps = {name: prepare_variant(cfgs[name], batch, device, setups[name][1]) for name in names}
     # times[name][r]: (wall, CPU) seconds of each step of round r
     times: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in names}
     for round_ in range(args.rounds):
@@ -209,8 +355,8 @@ def main() -> None:
             times[name].append(time_steps(steps[name], args.steps))
     print(f"- load average after: {load_average()}\n")
     print(
-        "| variant | s / step | IQR | CPU s / step | it / s | speed-up | its range over the rounds "
-        "| rounds faster |\n|---|---|---|---|---|---|---|---|"
+        "| variant | s / step | IQR | CPU s / step | TFLOP/s | / matmul | speed-up "
+        "| its range over the rounds | rounds faster |\n|---|---|---|---|---|---|---|---|---|"
     )
 
     def round_medians(name: str) -> list[float]:
@@ -219,13 +365,17 @@ def main() -> None:
     for name in names:
         q1, median, q3 = quartiles([wall for round_ in times[name] for wall, _ in round_])
         cpu = statistics.median(c for round_ in times[name] for _, c in round_)
+        tflops = flops / median / 1e12
         # against the first variant in the same round, which saw about the same load
         ratios = [f / t for f, t in zip(round_medians(names[0]), round_medians(name), strict=True)]
         faster = "" if name == names[0] else f"{sum(r > 1 for r in ratios)} of {len(ratios)}"
         print(
-            f"| {name} | {median:.3f} | {q1:.3f}-{q3:.3f} | {cpu:.3f} | {1 / median:.2f} | "
-            f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | {faster} |"
+            f"| {name} | {median:.3f} | {q1:.3f}-{q3:.3f} | {cpu:.3f} | {tflops:.3f} | "
+            f"{tflops / peak:.2f} | {statistics.median(ratios):.2f}x | "
+            f"{min(ratios):.2f}-{max(ratios):.2f} | {faster} |"
         )
+    if args.profile:
+        print_profile(*profile_step(steps[names[0]]))
 
 
 if __name__ == "__main__":

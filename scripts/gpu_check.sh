@@ -28,10 +28,9 @@ step gpu.txt nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.
 step pytest.txt "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 step filtering.md "$PYTHON" scripts/benchmark_filtering.py --device cuda --min-time 1
 step training.md "$PYTHON" scripts/benchmark_training.py experiment=moving_mnist --device cuda \
-    --batch-size 16 --steps 20 \
-    --variants fp32,channels_last,bf16,bf16+channels_last,unfold,compile
+    --steps 20 --variants="-channels_last,precision=bf16-mixed,precision=bf16-mixed -channels_last,impl=reference,+compile"
 step training_graph.md "$PYTHON" scripts/benchmark_training.py experiment=moving_mnist \
-    --device cuda --batch-size 16 --steps 20 --variants fp32,cuda_graph
+    --device cuda --steps 20 --variants=+cuda_graph
 step train_run.txt "$PYTHON" train.py experiment=moving_mnist trainer=gpu trainer.max_steps=2000 \
     data.test_size=1000 trainer.max_time=00:00:04:00
 if ((${#failed[@]})); then

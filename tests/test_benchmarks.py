@@ -1,0 +1,64 @@
+"""scripts/benchmark_training.py starts from what train.py runs, and counts the model's FLOPs from
+its layers (not its timings: those are the script's output)."""
+
+import pytest
+import torch
+
+from scripts.benchmark_training import make_batch, step_flops, variant_overrides
+from tests.conftest import run_script
+
+
+def conv_macs(c_in: int, c_out: int, size: int, kernel: int = 3) -> int:
+    return c_in * c_out * kernel * kernel * size * size
+
+
+def test_model_flops_are_the_moving_mnist_generators_convolutions(compose_cfg):
+    """The authors' Moving MNIST generator, by hand: the encoder (the stride-2 conv gives 32x32)
+    and the recurrence run at all 19 steps, the decoder and head at the 10 predicted ones; the
+    backward costs twice the forward. Every stage at every step is the 107 GFLOP a sample of
+    the issue's count (docs/PERFORMANCE.md)."""
+    encoder = conv_macs(1, 32, 64) + sum(
+        conv_macs(a, b, 32) for a, b in [(32, 32), (32, 64), (64, 64), (64, 128)]
+    )
+    recurrent = 2 * conv_macs(128, 128, 32)
+    decoder = conv_macs(128, 64, 32) + conv_macs(64, 64, 32) + 2 * conv_macs(64, 64, 64)
+    head = conv_macs(64, 128, 64, 1) + conv_macs(128, 81, 64, 1)
+    per_sample = 3 * 2 * (19 * (encoder + recurrent) + 10 * (decoder + head))
+    every_stage_every_step = 3 * 2 * 19 * (encoder + recurrent + decoder + head)
+    assert every_stage_every_step / 1e9 == pytest.approx(107, abs=0.5)
+    cfg = compose_cfg(["experiment=moving_mnist"])
+    batch = make_batch(cfg, 2, torch.device("cpu"))
+    assert step_flops(cfg, batch, torch.device("cpu")) == 2 * per_sample
+
+
+def test_variants_name_what_they_change():
+    assert variant_overrides("-channels_last +compile") == (
+        ["model.channels_last=false", "model.predictor.compile=true"],
+        False,
+    )
+    assert variant_overrides("precision=bf16-mixed impl=reference +cuda_graph") == (
+        ["trainer.precision=bf16-mixed", "model.predictor.filtering.impl=reference"],
+        True,
+    )
+    assert variant_overrides("model.predictor.filtering.impl=shift") == (
+        ["model.predictor.filtering.impl=shift"],
+        False,
+    )
+    with pytest.raises(SystemExit, match="unknown change 'channels_last'"):
+        variant_overrides("channels_last")
+
+
+def test_the_first_row_is_the_experiment_as_configured():
+    result = run_script(
+        "scripts/benchmark_training.py",
+        "experiment=stereo",
+        "--batch-size=1",
+        "--steps=1",
+        "--threads=1",
+        "--variants=-channels_last,impl=reference",
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "- as configured: trainer.precision=32-true, model.channels_last=True" in out, out
+    rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| as configured", "| -channels_last", "| impl=reference"], out
