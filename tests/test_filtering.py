@@ -338,6 +338,27 @@ def test_cpp_build_failure_is_reported(tmp_path, compiler):
     assert "'shift'" in warning and "impl='cpp'" in error
 
 
+def test_checkouts_of_the_same_source_share_one_build(tmp_path, monkeypatch):
+    """The build runs from a copy of the source in its folder, so that ninja's build file is the
+    same for every checkout: one does not rebuild the kernel for another."""
+    from torch.utils import cpp_extension
+
+    sources = []
+
+    def load(name, source_files, **options):
+        sources.append(Path(source_files[0]))
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpp, "compiler", lambda: "c++")
+    monkeypatch.setattr(cpp_extension, "load", load)
+    for _ in range(2):
+        cpp.build_problem.cache_clear()
+        assert cpp.build_problem() is None
+    cpp.build_problem.cache_clear()  # the next test loads the real kernels again
+    assert sources[0] == sources[1] and sources[0].parent.parent == tmp_path
+    assert sources[0].read_bytes() == cpp.SOURCE.read_bytes()
+
+
 def test_triton_impl_needs_cuda(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x, filters, _ = make_inputs(1, 1, (4, 5), (3, 3), False, None)

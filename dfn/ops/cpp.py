@@ -6,7 +6,8 @@ The source is ``csrc/local_filter.cpp``, compiled with ``-march=native`` by
 build lives in ``$TORCH_EXTENSIONS_DIR`` (default: torch's per-user cache,
 ``~/.cache/torch_extensions``), in a folder whose name hashes the source, the flags, torch's and
 Python's versions and the CPU, so that a changed source, another torch or another CPU gets a build
-of its own. Where it cannot be built, ``build_problem()`` says why.
+of its own, and checkouts of the same source share one. Where it cannot be built,
+``build_problem()`` says why.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def build_problem() -> str | None:
             folder.mkdir(parents=True, exist_ok=True)
             cpp_extension.load(
                 name,
-                [str(SOURCE)],
+                [str(_source_copy(folder, source))],
                 extra_cflags=FLAGS,
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(folder),
@@ -128,6 +129,18 @@ def build_problem() -> str | None:
             lines = [line for line in str(error).splitlines() if line.strip() and len(line) < 300]
             return f"building it failed ({type(error).__name__}):\n" + "\n".join(lines[-15:])
     return None
+
+
+def _source_copy(folder: Path, source: bytes) -> Path:
+    """The source, copied into its build folder once. The build runs from the copy: ninja's build
+    file names its source's path, so two checkouts of the same source building from their own
+    paths would rebuild it for each other, every time a process of one loads it."""
+    copy = folder / SOURCE.name
+    if not copy.exists():  # the folder's name hashes the source: an existing copy is the same
+        partial = folder / f".{SOURCE.name}.{os.getpid()}"
+        partial.write_bytes(source)
+        partial.replace(copy)  # whole or not at all, also for processes building side by side
+    return copy
 
 
 def cpp_available() -> bool:
