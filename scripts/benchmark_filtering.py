@@ -4,7 +4,8 @@
 
 For each shape, forward (no grad) and forward+backward of every implementation available on the
 device (the unfold reference, shift, the C++ kernel on CPU, Triton on CUDA), in one process: the
-median wall time over interleaved repetitions (with the interquartile range), the speed-up over
+median wall time over interleaved repetitions and its spread from call to call (the 10th and
+90th percentiles and the slowest call), the speed-up over
 the reference, the ratio to the memory-traffic lower bound (the bytes the op must read and write,
 at this machine's copy bandwidth measured in the same run), and the peak memory allocated during one
 forward+backward call, outputs and gradients included, as a multiple of the filter tensor's
@@ -216,9 +217,10 @@ def peak_extra_memory(call: Callable[[], None], inputs, device: torch.device) ->
     return peak
 
 
-def quartiles(samples: list[float]) -> tuple[float, float, float]:
-    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    return q1, median, q3
+def spread(samples: list[float]) -> tuple[float, float, float, float]:
+    """The median, the 10th and 90th percentiles and the largest of ``samples``."""
+    deciles = statistics.quantiles(samples, n=10, method="inclusive")
+    return statistics.median(samples), deciles[0], deciles[-1], max(samples)
 
 
 def main() -> None:
@@ -258,7 +260,9 @@ def main() -> None:
         print("- load average before: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print()
     extra_head = " CPU ms | CPU speed-up | CPU / bound |" if on_cpu else " GPU ms | GPU / bound |"
-    print(f"| shape | pass | impl | ms (IQR) | speed-up | / bound |{extra_head} peak extra |")
+    print(
+        f"| shape | pass | impl | ms (p10-p90, max) | speed-up | / bound |{extra_head} peak extra |"
+    )
     print("|---" * (9 + on_cpu) + "|")
     cases = CASES + (GPU_CASES if not on_cpu else [])
     for case in [c for c in cases if args.only is None or args.only in c.name]:
@@ -271,12 +275,12 @@ def main() -> None:
             reference = {f: statistics.median(getattr(t, f) for t in samples["reference"])
                          for f in ("wall", "cpu")}  # fmt: skip
             for impl in impls:
-                q1, wall, q3 = quartiles([t.wall for t in samples[impl]])
+                wall, p10, p90, slowest = spread([t.wall for t in samples[impl]])
                 cells = [
                     case.name,
                     "fwd+bwd" if backward else "fwd",
                     impl,
-                    f"{wall * 1e3:.1f} ({q1 * 1e3:.1f}-{q3 * 1e3:.1f})",
+                    f"{wall * 1e3:.1f} ({p10 * 1e3:.1f}-{p90 * 1e3:.1f}, {slowest * 1e3:.1f})",
                     f"{reference['wall'] / wall:.1f}x",
                     f"{wall * bandwidth.wall / moved:.1f}",
                 ]

@@ -1,11 +1,15 @@
 """scripts/benchmark_training.py starts from what train.py runs, and counts the model's FLOPs from
 its layers (not its timings: those are the script's output)."""
 
+import re
+
 import pytest
 import torch
 
 from scripts.benchmark_training import make_batch, step_flops, variant_overrides
 from tests.conftest import run_script
+
+SPREAD = r"([\d.]+) \(([\d.]+)-([\d.]+), ([\d.]+)\)"
 
 
 def conv_macs(c_in: int, c_out: int, size: int, kernel: int = 3) -> int:
@@ -62,3 +66,15 @@ def test_the_first_row_is_the_experiment_as_configured():
     assert "- as configured: trainer.precision=32-true, model.channels_last=True" in out, out
     rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["| as configured", "| -channels_last", "| impl=reference"], out
+
+
+def test_the_filter_benchmark_reports_the_spread_of_its_calls():
+    result = run_script(
+        "scripts/benchmark_filtering.py", "--device=cpu", "--only=1x13", "--min-time=0.05"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if "1x13 |" in line]
+    assert {row[2] for row in rows} >= {"reference", "shift"}, result.stdout
+    for row in rows:  # median (p10-p90, slowest), in ms
+        median, p10, p90, slowest = map(float, re.fullmatch(SPREAD, row[3]).groups())
+        assert p10 <= median <= p90 <= slowest

@@ -114,6 +114,27 @@ def test_non_finite_filters_only_reach_their_pixels(impl):
 
 
 @NEEDS_COMPILER
+@pytest.mark.parametrize("per_channel", [False, True], ids=["shared", "per_channel"])
+def test_cpp_gradients_overwrite_the_reused_memory_they_are_given(per_channel):
+    """The backward's gradients go into memory kept from call to call (fresh memory costs a page
+    fault per page): blocks freed full of NaN come back for the next gradients of their sizes,
+    which must overwrite them everywhere."""
+    assert cpp.cpp_available()
+    kernel = (3, 5)
+    x, filters, bias = make_inputs(2, 3, (6, 40), kernel, per_channel, 1, dtype=torch.float32)
+    stale = [torch.ops.dfn.reusable_empty_like(t).fill_(float("nan")) for t in (filters, x)]
+    addresses = {t.data_ptr() for t in stale}
+    del stale
+    out = dynamic_local_filter(x, filters, kernel, bias, impl="cpp")
+    (grad_filters,) = torch.autograd.grad(out.square().sum(), filters, retain_graph=True)
+    assert grad_filters.data_ptr() in addresses  # the reused block
+    expected = dynamic_local_filter_reference(x, filters, kernel, bias)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), filters)
+    torch.testing.assert_close(grad_filters, expected_grad, rtol=1e-5, atol=1e-4)
+    assert_matches_reference("cpp", x, filters, kernel, bias, rtol=1e-5, atol=1e-4)
+
+
+@NEEDS_COMPILER
 def test_cpp_results_do_not_depend_on_threads():
     """Each thread owns whole samples (and channels of per-channel filters): same bits."""
     threads = torch.get_num_threads()

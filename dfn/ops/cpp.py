@@ -166,7 +166,9 @@ def backward(
     """(grad_filters or None, grad_u or None) in one pass (see ``filtering._InnerLoops``)."""
     filters = filters.to(padded.dtype).contiguous()
     grad = grad.contiguous()
-    grad_filters = torch.empty_like(filters) if need_filters else filters.new_empty(0)
-    grad_u = torch.zeros_like(grad) if need_input else grad.new_empty(0)
+    # in memory kept from call to call: fresh memory costs a page fault per page (dfn/ops/csrc)
+    empty = torch.ops.dfn.reusable_empty_like
+    grad_filters = empty(filters) if need_filters else filters.new_empty(0)
+    grad_u = empty(grad).zero_() if need_input else grad.new_empty(0)
     torch.ops.dfn.local_filter_backward(grad, padded, filters, grad_filters, grad_u, kh, kw)
     return (grad_filters if need_filters else None), (grad_u if need_input else None)
