@@ -16,7 +16,8 @@ resolves it (``auto``: ``dfn.run.hardware.choose_precision``; ``bf16-mixed``: th
 ``data.batch_size`` unless ``--batch-size`` is given. Each other variant is a list of changes
 separated by spaces: a Hydra override (``model.predictor.filtering.impl=reference``) or a short
 name for one: ``+channels_last``/``-channels_last``, ``+compile``/``-compile``,
-``precision=32-true``/``precision=bf16-mixed``, ``impl=reference|shift|cpp|triton``; and
+``precision=32-true``/``precision=bf16-mixed``, ``impl=reference|shift|cpp|triton``; or one of
+how the benchmark runs it: ``threads=N`` (its steps with N CPU threads instead of ``--threads``),
 ``+cuda_graph`` (CUDA only), which captures the whole step, Adam included (``capturable=True``),
 in one CUDA graph after three warm-up steps on a side stream and replays it: what a step costs
 without Python and kernel launches. The batch is random frames of the experiment's shape.
@@ -25,20 +26,22 @@ Each variant runs two untimed warm-up steps (compilation, allocations); then ``-
 each time ``--steps`` steps of every variant, in an order that rotates from round to round, so that
 a machine's changing load falls on all of them alike. The table gives the median step time and the
 interquartile range of all its steps, the median process CPU time of a step (all threads), the
-model TFLOP/s, its ratio to the matmul, and the speed-up over the first variant: the median, and
-the range, over the rounds of the first variant's median step time in that round divided by this
-one's, and in how many rounds this one was the faster.
+model TFLOP/s, its ratio to the matmul (the median over the rounds of the ratio in the round), and
+the speed-up over the first variant: the median, and the range, over the rounds of the first
+variant's median step time in that round divided by this one's, and in how many rounds this one
+was the faster.
 
 Model FLOPs: three times those of the convolutions and matmuls the first variant's forward runs
 (the backward computes an input and a weight gradient of each, each as many FLOPs as the
 forward), counted by ``torch.utils.flop_counter`` on a float32 forward of the batch. The matmul:
 2048 x 2048 x 2048 in float32 and, where the device has bfloat16 kernels
-(``dfn.models.generators.native_bf16`` on CPU), in bfloat16, with the same threads; the ratio is
-to the faster of the two.
+(``dfn.models.generators.native_bf16`` on CPU), in bfloat16, with the same threads, the best of
+five at the start of each round; the ratio is to the faster of the two.
 
 ``--profile`` times one more step of the first variant under ``torch.profiler`` and, on CPU,
 oneDNN's verbose log, and prints where its time went: the convolutions' forward, backward-data
-and backward-weights primitives and oneDNN's layout reorders (from oneDNN's own timings), the
+and backward-weights passes by oneDNN kernel, with their TFLOP/s, and oneDNN's layout reorders
+(from oneDNN's own timings), the
 dynamic filter, the optimizer, dtype and layout copies, the other tensor ops, and the rest
 (Python, autograd, dispatch): the wall time no op accounts for.
 """
@@ -79,26 +82,31 @@ SHORT = {
     "precision=": "trainer.precision=",
     "impl=": "model.predictor.filtering.impl=",
 }
-GRAPH = "+cuda_graph"  # not a config setting: how the benchmark runs the step
+GRAPH = "+cuda_graph"  # not config settings: how the benchmark runs the step
+THREADS = "threads="
 PRECISIONS = ("32-true", "32", "bf16-mixed")
 
 
-def variant_overrides(variant: str) -> tuple[list[str], bool]:
-    """A variant's Hydra overrides, and whether it captures the step in a CUDA graph."""
-    overrides, graph = [], False
+def variant_overrides(variant: str) -> tuple[list[str], bool, int | None]:
+    """A variant's Hydra overrides, whether it captures the step in a CUDA graph, and the CPU
+    threads it runs with (None: ``--threads``)."""
+    overrides, graph, threads = [], False, None
     for change in variant.split():
         if change == GRAPH:
             graph = True
+            continue
+        if change.startswith(THREADS):
+            threads = int(change[len(THREADS) :])
             continue
         for short, override in SHORT.items():
             if change == short or (short.endswith("=") and change.startswith(short)):
                 change = override + change[len(short) :]
                 break
         if "=" not in change:
-            known = ", ".join([*SHORT, GRAPH])
+            known = ", ".join([*SHORT, GRAPH, THREADS])
             raise SystemExit(f"unknown change {change!r} in {variant!r}: {known}, or key=value")
         overrides.append(change)
-    return overrides, graph
+    return overrides, graph, threads
 
 
 def compose_cfg(overrides: list[str], device: torch.device) -> DictConfig:
@@ -254,14 +262,30 @@ CATEGORIES = [
     ("dtype and layout copies", r"^aten::(_to_copy|copy_|clone|contiguous)$"),
     ("other tensor ops", r"^aten::"),
 ]
-ONEDNN = re.compile(
-    r"onednn_verbose,(?:v1,)?(?:primitive,)?exec,cpu,(\w+),[^,]*,(\w+),.*,([\d.]+)$"
+# a 2D convolution's problem in oneDNN's verbose log: mb16_ic128oc128_ih32oh32kh3..._iw32ow32kw3...
+CONVOLUTION = re.compile(
+    r"(?:g(\d+))?mb(\d+)_ic(\d+)oc(\d+)_ih\d+oh(\d+)kh(\d+)\D.*_iw\d+ow(\d+)kw(\d+)"
 )
 
 
-def profile_step(step: Callable[[], None]) -> tuple[float, dict[str, float], dict[str, float]]:
+def onednn_primitive(line: str) -> tuple[str, float, float] | None:
+    """(what, seconds, FLOPs) of a primitive oneDNN's verbose log says it executed, else None."""
+    fields = line.strip().split(",")
+    if fields[:4] != ["onednn_verbose", "v1", "primitive", "exec"]:
+        return None
+    primitive, kernel, kind, problem, ms = *fields[5:8], fields[-2], float(fields[-1])
+    if primitive == "reorder":
+        return "reorder", ms / 1e3, 0.0
+    flops = 0.0
+    if primitive == "convolution" and (match := CONVOLUTION.search(problem)):
+        groups, mb, ic, oc, oh, kh, ow, kw = (int(g or 1) for g in match.groups())
+        flops = 2.0 * mb * oc * oh * ow * ic // groups * kh * kw
+    return f"{primitive} {kind} ({kernel})", ms / 1e3, flops
+
+
+def profile_step(step: Callable[[], None]) -> tuple[float, dict[str, float], dict[str, list]]:
     """One step under torch.profiler and oneDNN's verbose log: its wall seconds, the profiler's
-    self seconds by category, oneDNN's primitive seconds by kind."""
+    self seconds by category, and oneDNN's [seconds, FLOPs] by primitive, pass and kernel."""
     sys.stdout.flush()
     saved = os.dup(1)
     with tempfile.TemporaryFile("w+") as log:
@@ -276,12 +300,12 @@ def profile_step(step: Callable[[], None]) -> tuple[float, dict[str, float], dic
             os.dup2(saved, 1)
             os.close(saved)
         log.seek(0)
-        onednn: dict[str, float] = defaultdict(float)
+        onednn: dict[str, list] = defaultdict(lambda: [0.0, 0.0])
         for line in log:
-            if match := ONEDNN.match(line.strip()):
-                primitive, kind, ms = match.groups()
-                name = "reorder" if primitive == "reorder" else f"{primitive} {kind}"
-                onednn[name] += float(ms) / 1e3
+            if executed := onednn_primitive(line):
+                what, seconds, flops = executed
+                onednn[what][0] += seconds
+                onednn[what][1] += flops
     ops: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
         name = event.key
@@ -290,17 +314,21 @@ def profile_step(step: Callable[[], None]) -> tuple[float, dict[str, float], dic
     return wall, ops, onednn
 
 
-def print_profile(wall: float, ops: dict[str, float], onednn: dict[str, float]) -> None:
+def print_profile(wall: float, ops: dict[str, float], onednn: dict[str, list]) -> None:
     print(f"\nOne step of the first variant under the profiler: {wall:.3f} s\n")
-    print("| where | s | share |\n|---|---|---|")
+    print("| where | s | share | TFLOP/s |\n|---|---|---|---|")
     convs = ops.pop("convolutions (torch's share)", 0.0)
-    rows = [(f"oneDNN {kind}", s) for kind, s in sorted(onednn.items(), key=lambda kv: -kv[1])]
+    rows = [
+        (f"oneDNN {what}", *sf) for what, sf in sorted(onednn.items(), key=lambda kv: -kv[1][0])
+    ]
     # the convolution ops' time outside oneDNN's primitives: checks, allocations, torch's glue
-    rows.append(("convolutions outside oneDNN's primitives", convs - sum(onednn.values())))
-    rows += sorted(ops.items(), key=lambda kv: -kv[1])
-    rows.append(("Python, autograd, dispatch (no op)", wall - convs - sum(ops.values())))
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.3f} | {seconds / wall:.1%} |")
+    outside = convs - sum(seconds for seconds, _ in onednn.values())
+    rows.append(("convolutions outside oneDNN's primitives", outside, 0.0))
+    rows += [(name, seconds, 0.0) for name, seconds in sorted(ops.items(), key=lambda kv: -kv[1])]
+    rows.append(("Python, autograd, dispatch (no op)", wall - convs - sum(ops.values()), 0.0))
+    for name, seconds, flops in rows:
+        rate = f"{flops / seconds / 1e12:.3f}" if flops else ""
+        print(f"| {name} | {seconds:.3f} | {seconds / wall:.1%} | {rate} |")
 
 
 def main() -> None:
@@ -335,25 +363,29 @@ def main() -> None:
         f"- load average before: {load_average()}"
     )
     flops = step_flops(first, batch, device)
-    matmuls = {"float32": matmul_tflops(torch.float32, device)}
-    if device.type == "cuda" or native_bf16():
-        matmuls["bfloat16"] = matmul_tflops(torch.bfloat16, device)
-    peak = max(matmuls.values())
-    print(
-        f"- model FLOPs per step: {flops / 1e9:.1f} G, {flops / batch_size / 1e9:.1f} G a sample\n"
-        f"- matmul 2048^3: "
-        + ", ".join(f"{dtype} {tflops:.3f} TFLOP/s" for dtype, tflops in matmuls.items())
-        + ("" if "bfloat16" in matmuls else " (no bfloat16 kernels on this CPU)")
-    )
+    dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" or native_bf16() else [])
+    print(f"- model FLOPs per step: {flops / 1e9:.1f} G, {flops / batch_size / 1e9:.1f} G a sample")
     if device.type == "cuda":  # CUDA context, cuDNN's algorithm search: not the first variant's
         prepare_variant(first, batch, device)
     steps = {name: prepare_variant(cfgs[name], batch, device, setups[name][1]) for name in names}
     # times[name][r]: (wall, CPU) seconds of each step of round r
     times: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in names}
+    # matmuls[dtype][r]: TFLOP/s in round r, beside the steps (under the same load)
+    matmuls: dict[torch.dtype, list[float]] = {dtype: [] for dtype in dtypes}
     for round_ in range(args.rounds):
+        for dtype in dtypes:
+            matmuls[dtype].append(matmul_tflops(dtype, device))
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            torch.set_num_threads(setups[name][2] or args.threads)
             times[name].append(time_steps(steps[name], args.steps))
-    print(f"- load average after: {load_average()}\n")
+        torch.set_num_threads(args.threads)
+    peaks = [max(tflops) for tflops in zip(*matmuls.values(), strict=True)]  # per round
+    print(
+        "- matmul 2048^3, median of the rounds: "
+        + ", ".join(f"{str(d)[6:]} {statistics.median(t):.3f} TFLOP/s" for d, t in matmuls.items())
+        + ("" if len(dtypes) > 1 else " (no bfloat16 kernels on this CPU)")
+        + f"\n- load average after: {load_average()}\n"
+    )
     print(
         "| variant | s / step | IQR | CPU s / step | TFLOP/s | / matmul | speed-up "
         "| its range over the rounds | rounds faster |\n|---|---|---|---|---|---|---|---|---|"
@@ -366,12 +398,13 @@ def main() -> None:
         q1, median, q3 = quartiles([wall for round_ in times[name] for wall, _ in round_])
         cpu = statistics.median(c for round_ in times[name] for _, c in round_)
         tflops = flops / median / 1e12
-        # against the first variant in the same round, which saw about the same load
+        # against the matmul and the first variant in the same round, under about the same load
+        of_matmul = [flops / t / 1e12 / p for t, p in zip(round_medians(name), peaks, strict=True)]
         ratios = [f / t for f, t in zip(round_medians(names[0]), round_medians(name), strict=True)]
         faster = "" if name == names[0] else f"{sum(r > 1 for r in ratios)} of {len(ratios)}"
         print(
             f"| {name} | {median:.3f} | {q1:.3f}-{q3:.3f} | {cpu:.3f} | {tflops:.3f} | "
-            f"{tflops / peak:.2f} | {statistics.median(ratios):.2f}x | "
+            f"{statistics.median(of_matmul):.2f} | {statistics.median(ratios):.2f}x | "
             f"{min(ratios):.2f}-{max(ratios):.2f} | {faster} |"
         )
     if args.profile:

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from scripts.benchmark_training import make_batch, step_flops, variant_overrides
+from scripts.benchmark_training import make_batch, onednn_primitive, step_flops, variant_overrides
 from tests.conftest import run_script
 
 SPREAD = r"([\d.]+) \(([\d.]+)-([\d.]+), ([\d.]+)\)"
@@ -39,14 +39,17 @@ def test_variants_name_what_they_change():
     assert variant_overrides("-channels_last +compile") == (
         ["model.channels_last=false", "model.predictor.compile=true"],
         False,
+        None,
     )
-    assert variant_overrides("precision=bf16-mixed impl=reference +cuda_graph") == (
+    assert variant_overrides("precision=bf16-mixed impl=reference +cuda_graph threads=1") == (
         ["trainer.precision=bf16-mixed", "model.predictor.filtering.impl=reference"],
         True,
+        1,
     )
     assert variant_overrides("model.predictor.filtering.impl=shift") == (
         ["model.predictor.filtering.impl=shift"],
         False,
+        None,
     )
     with pytest.raises(SystemExit, match="unknown change 'channels_last'"):
         variant_overrides("channels_last")
@@ -59,13 +62,13 @@ def test_the_first_row_is_the_experiment_as_configured():
         "--batch-size=1",
         "--steps=1",
         "--threads=1",
-        "--variants=-channels_last,impl=reference",
+        "--variants=impl=reference threads=2",
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "- as configured: trainer.precision=32-true, model.channels_last=True" in out, out
     rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ")]
-    assert rows[1:] == ["| as configured", "| -channels_last", "| impl=reference"], out
+    assert rows[1:] == ["| as configured", "| impl=reference threads=2"], out
 
 
 def test_the_filter_benchmark_reports_the_spread_of_its_calls():
@@ -78,3 +81,20 @@ def test_the_filter_benchmark_reports_the_spread_of_its_calls():
     for row in rows:  # median (p10-p90, slowest), in ms
         median, p10, p90, slowest = map(float, re.fullmatch(SPREAD, row[3]).groups())
         assert p10 <= median <= p90 <= slowest
+
+
+def test_the_profile_reads_onednns_log():
+    """--profile splits the convolutions by pass and kernel from oneDNN's verbose lines."""
+    convolution = (
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_weights,"
+        "src:f32::blocked:acdb::f0 wei:f32:a:blocked:Acdb8a::f0,attr-scratchpad:user,"
+        "alg:convolution_direct,mb16_ic64oc128_ih32oh32kh3sh1dh0ph1_iw32ow32kw3sw1dw0pw1,2.5"
+    )
+    assert onednn_primitive(convolution) == (
+        "convolution backward_weights (jit:avx2)",
+        0.0025,
+        2 * 16 * 128 * 32 * 32 * 64 * 3 * 3,
+    )
+    reorder = "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:blk,undef,src dst,,8x8x3x3,0.5"
+    assert onednn_primitive(reorder) == ("reorder", 0.0005, 0.0)
+    assert onednn_primitive("onednn_verbose,v1,info,cpu,isa:Intel AVX2") is None
