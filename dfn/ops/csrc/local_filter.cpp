@@ -457,10 +457,10 @@ void advise_huge_pages(void* data, size_t bytes) {
 
 // Memory for the gradients, kept for the next call when their tensors are freed. A fresh block
 // (glibc maps anything over 32 MiB anew, and returns smaller blocks at the top of its heap) costs
-// a page fault per page on its first write, and the kernel's zeroing of those pages took as long
-// as the backward itself (B16 C3 128x128 9x9: 58 ms with a fresh filter gradient, 36 ms with a
-// reused one); how long varies from call to call and process to process with the huge pages
-// the kernel finds. Blocks of the same size are reused; at most kKeptBytes wait for reuse.
+// a page fault per page on its first write, in which Linux zeroes the page: at B16 C3 128x128
+// 9x9 the op took 52 ms a call with a fresh filter gradient and 34 ms with kept memory, and the
+// slowest calls 2.3x the median instead of 1.2x (docs/PERFORMANCE.md). Blocks of the same size
+// are reused; at most kKeptBytes wait for reuse.
 class BlockCache {
  public:
   static constexpr size_t kAlign = size_t(1) << 21;  // huge pages
