@@ -19,6 +19,7 @@ from dfn.errors import InputError
 from dfn.report.paper import PAPER_RESULTS
 from dfn.run.checkpoints import IDENTITY, identity, read_checkpoint
 from dfn.run.experiment import evaluate
+from dfn.run.folder import RUN_CONFIG
 from dfn.run.pretrained import export, pretrained_argv
 from tests.conftest import ROOT, run_script, smoke_overrides
 
@@ -120,20 +121,52 @@ def test_every_shipped_file_is_a_trained_model_of_its_experiment(path, compose_c
     assert trained_loss < 0.5 * untrained_loss
 
 
-def untrained_export(compose_cfg, experiment: str, overrides: list[str], out: Path) -> Path:
-    """An exported file of ``experiment``'s network at its initial weights."""
+def untrained_checkpoint(compose_cfg, experiment: str, overrides: list[str], run: Path) -> Path:
+    """A run folder of ``experiment`` (its saved config) with a checkpoint of the network at
+    its initial weights, as Lightning and CheckpointIdentity would write it."""
     cfg = compose_cfg([f"experiment={experiment}", *overrides])
+    for folder in ("checkpoints", ".hydra"):
+        (run / folder).mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), run / RUN_CONFIG)
     model = hydra.utils.instantiate(cfg.model)
-    record = {
+    checkpoint = {
         "state_dict": model.state_dict(),
+        "optimizer_states": [],
         "global_step": 0,
         "epoch": 0,
         "pytorch-lightning_version": "2.6",
         IDENTITY: identity(experiment, model),
-        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
     }
-    torch.save(record, out)
-    return out
+    torch.save(checkpoint, run / "checkpoints" / "init.ckpt")
+    return run / "checkpoints" / "init.ckpt"
+
+
+def untrained_export(compose_cfg, experiment: str, overrides: list[str], out: Path) -> Path:
+    """``experiment``'s network at its initial weights, exported to ``out``."""
+    run = out.parent / f"{out.stem}_run"
+    return export(untrained_checkpoint(compose_cfg, experiment, overrides, run), out)
+
+
+def test_export_refuses_a_checkpoint_without_its_run_folder(compose_cfg, tmp_path):
+    checkpoint = untrained_checkpoint(compose_cfg, "steerable", [], tmp_path / "run")
+    loose = tmp_path / "loose.ckpt"
+    loose.write_bytes(checkpoint.read_bytes())
+    with pytest.raises(InputError, match="not a checkpoint in a run folder with its identity"):
+        export(loose, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_animation_refuses_models_of_two_experiments(compose_cfg, tmp_path):
+    models = [
+        untrained_export(compose_cfg, name, [], tmp_path / f"{name}.pt")
+        for name in ("moving_mnist", "stereo_scenes_baseline")
+    ]
+    done = run_script("scripts/animate.py", *map(str, models), "-o", str(tmp_path / "a.gif"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: animate.py draws models of one experiment; got moving_mnist, stereo_scenes_baseline"
+    )
+    assert not (tmp_path / "a.gif").exists()
 
 
 def test_animation_shows_the_input_then_each_models_prediction(compose_cfg, data_dir, tmp_path):

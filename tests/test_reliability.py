@@ -143,6 +143,10 @@ def add_callback(cfg, **signal_at) -> None:
             "data.steps_per_epoch=0; expected an integer >= 1",
         ),
         (
+            ["experiment=steerable", "callbacks.last_checkpoint.every_n_train_steps=-1"],
+            "callbacks.last_checkpoint.every_n_train_steps=-1; expected an integer >= 0",
+        ),
+        (
             ["experiment=highway", "data.num_workers=-1"],
             "data.num_workers=-1; expected an integer >= 0",
         ),
